@@ -1,0 +1,27 @@
+"""lightning_invariance: measure how invariant or equivariant a network is, and track it while it trains."""
+
+from lightning_invariance.functional import (
+    equivariance_deviation,
+    invariance_deviation,
+    prediction_consistency,
+    prediction_flip_rate,
+)
+from lightning_invariance.measure import measure
+from lightning_invariance.metrics import EquivarianceDeviation, InvarianceDeviation, PredictionConsistency
+from lightning_invariance.probe import OUTPUT, Probe
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OUTPUT",
+    "EquivarianceDeviation",
+    "InvarianceDeviation",
+    "PredictionConsistency",
+    "Probe",
+    "__version__",
+    "equivariance_deviation",
+    "invariance_deviation",
+    "measure",
+    "prediction_consistency",
+    "prediction_flip_rate",
+]

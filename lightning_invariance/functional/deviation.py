@@ -1,0 +1,208 @@
+"""G-EED: the empirical equivariance deviation of orbit features (Kvinge et al., NeurIPS 2022)."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from lightning_invariance.functional.distances import (
+    DISTANCES,
+    REFERENCES,
+    check_choice,
+    orbit_reference,
+    pair_distance_sums,
+    per_sample_distance,
+    to_distance_space,
+)
+from lightning_invariance.groups.actions import RepresentationAction
+
+__all__ = ["DEFAULT_MAX_NORMALIZER_PAIRS", "NAN_STRATEGIES", "equivariance_deviation", "invariance_deviation"]
+
+NAN_STRATEGIES = ("error", "skip")
+#: Batches with more ordered pairs than this use a fixed linear-cost subset of pairs for the normaliser.
+DEFAULT_MAX_NORMALIZER_PAIRS = 16384
+
+
+def _check_orbit(orbit_features: Tensor, num_elements: int | None) -> None:
+    if not isinstance(orbit_features, Tensor):
+        raise TypeError(f"Expected `orbit_features` to be a torch.Tensor, but got {type(orbit_features).__name__}.")
+    if orbit_features.ndim < 2 or orbit_features.shape[0] < 1:
+        raise ValueError(
+            "Expected `orbit_features` of shape (|G|, N, ...): one row per group element (identity first) and one "
+            f"column per sample, but got shape {tuple(orbit_features.shape)}."
+        )
+    if num_elements is not None and orbit_features.shape[0] != num_elements:
+        raise ValueError(
+            f"Expected `orbit_features` to have {num_elements} group elements on axis 0 (the metric's `num_elements`),"
+            f" but got shape {tuple(orbit_features.shape)}."
+        )
+
+
+def _drop_non_finite(orbit_features: Tensor, nan_strategy: str) -> tuple[Tensor, int]:
+    if not (orbit_features.is_floating_point() or orbit_features.is_complex()):
+        return orbit_features, 0
+    finite = torch.isfinite(orbit_features).reshape(orbit_features.shape[0], orbit_features.shape[1], -1)
+    keep = finite.all(dim=2).all(dim=0)
+    num_bad = int((~keep).sum())
+    if num_bad == 0:
+        return orbit_features, 0
+    if nan_strategy == "error":
+        raise ValueError(
+            f"`orbit_features` holds NaN or infinite values for {num_bad} of {keep.numel()} samples. Fix the model or "
+            "inputs, or pass nan_strategy='skip' to leave those samples out with a warning."
+        )
+    warnings.warn(f"Skipping {num_bad} of {keep.numel()} samples whose features are NaN or infinite.", stacklevel=3)
+    return orbit_features[:, keep], num_bad
+
+
+def _deviation_update(
+    orbit_features: Tensor,
+    distance: str,
+    reference: str,
+    apply_softmax: bool = True,
+    nan_strategy: str = "error",
+    max_normalizer_pairs: int = DEFAULT_MAX_NORMALIZER_PAIRS,
+    action: RepresentationAction | None = None,
+    num_elements: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Per-element, per-sample distances ``m(f(g.x), r_g(x))`` of one batch, and the normaliser's pair sums.
+
+    Returns ``(distances, pair_sum, pair_count, num_skipped)``: ``distances`` is ``(|G|, N)`` float64 with samples
+    holding non-finite features left out (``nan_strategy='skip'``); the pair sums compare the untransformed inputs'
+    representations, ``m(f(x_i), f(x_j))`` for ``i != j``.
+    """
+    _check_orbit(orbit_features, num_elements)
+    check_choice("distance", distance, DISTANCES)
+    check_choice("reference", reference, REFERENCES)
+    check_choice("nan_strategy", nan_strategy, NAN_STRATEGIES)
+    equivariant = action is not None and not action.trivial
+    if equivariant and reference != "identity":
+        raise ValueError(
+            f"reference={reference!r} is defined for invariance only; with a non-trivial action {action!r} the "
+            "reference is the untransformed representation moved by the action: use reference='identity'."
+        )
+    orbit, num_skipped = _drop_non_finite(orbit_features, nan_strategy)
+    space = to_distance_space(orbit, distance, apply_softmax)
+    if equivariant:
+        moved = torch.stack([action.act(orbit[0], k) for k in range(orbit.shape[0])])
+        if moved.shape != orbit.shape:
+            raise ValueError(
+                f"{action!r} changed the representation's shape from {tuple(orbit.shape[1:])} to "
+                f"{tuple(moved.shape[1:])}; an action must map a representation to one of the same shape."
+            )
+        target = to_distance_space(moved, distance, apply_softmax)
+    else:
+        target = orbit_reference(space, distance, reference)
+    distances = per_sample_distance(space, target, distance)
+    pair_sum, pair_count = pair_distance_sums(space[0], distance, max_normalizer_pairs)
+    return distances, pair_sum, pair_count, num_skipped
+
+
+def _deviation_compute(
+    element_sum: Tensor, num_samples: Tensor, pair_sum: Tensor, pair_count: Tensor, normalize: bool
+) -> Tensor:
+    """G-EED from the sums: mean distance over samples and elements, optionally over the mean pair distance."""
+    if float(num_samples) == 0:
+        return torch.tensor(float("nan"), dtype=torch.float64, device=element_sum.device)
+    geed = element_sum.sum() / (num_samples * element_sum.numel())
+    if not normalize:
+        return geed
+    if float(pair_count) == 0:
+        warnings.warn(
+            "The normalised G-EED needs at least one batch of two or more samples (pairs of different inputs); "
+            "returning NaN.",
+            stacklevel=3,
+        )
+        return torch.tensor(float("nan"), dtype=torch.float64, device=element_sum.device)
+    return geed / (pair_sum / pair_count)
+
+
+def _standard_error(element_sum: Tensor, sample_sq_sum: Tensor, num_samples: Tensor) -> Tensor:
+    """Standard error of the mean of the per-sample deviations ``d_i = mean_g m(...)``."""
+    n = float(num_samples)
+    if n < 2:
+        return torch.tensor(float("nan"), dtype=torch.float64, device=element_sum.device)
+    mean = element_sum.sum() / (element_sum.numel() * n)
+    variance = ((sample_sq_sum - n * mean**2) / (n - 1)).clamp_min(0.0)
+    return (variance / n).sqrt()
+
+
+def invariance_deviation(
+    orbit_features: Tensor,
+    distance: str = "euclidean",
+    reference: str = "centroid",
+    normalize: bool = False,
+    apply_softmax: bool = True,
+    nan_strategy: str = "error",
+    max_normalizer_pairs: int = DEFAULT_MAX_NORMALIZER_PAIRS,
+) -> Tensor:
+    r"""Invariance G-EED of orbit features: how far transforming the input moves the representation.
+
+    .. math::
+        \mathrm{G\text{-}EED} = \frac{1}{|D|\,|G|} \sum_{x \in D} \sum_{g \in G} m\big(f(g.x),\, r(x)\big),
+        \qquad r(x) = \tfrac{1}{|G|} \textstyle\sum_h f(h.x) \ \text{(centroid)} \ \text{or}\ f(x) \ \text{(identity)}
+
+    With ``normalize=True`` it is divided by the mean ``m(f(x_i), f(x_j))`` over pairs of different samples, so 0
+    means invariant and 1 means a transformation moves a representation as far as swapping the input.
+
+    Args:
+        orbit_features: ``(|G|, N, ...)``: ``f(g_k . x_i)`` for every element (identity first) and sample.
+        distance: ``"euclidean"``, ``"cosine"`` (``1 - cos``), ``"kl"`` (``KL(p_g || r)`` on class distributions)
+            or ``"discrete"`` (1 where the predicted label differs).
+        reference: ``"centroid"`` (the orbit mean; the most frequent label for ``discrete``) or ``"identity"``.
+        normalize: divide by the mean distance between different inputs.
+        apply_softmax: for ``kl``, treat the features as logits; ``False`` when they already are probabilities.
+        nan_strategy: ``"error"`` on NaN/inf features, or ``"skip"`` such samples with a warning.
+        max_normalizer_pairs: pair budget of the normaliser per batch (all pairs below it).
+
+    Example:
+        >>> import torch
+        >>> orbit = torch.tensor([[[1.0, 0.0], [0.0, 2.0]], [[1.0, 0.0], [0.0, 1.0]]])  # |G| = 2, N = 2
+        >>> invariance_deviation(orbit, reference="identity")
+        tensor(0.2500, dtype=torch.float64)
+        >>> invariance_deviation(orbit, distance="cosine")
+        tensor(0., dtype=torch.float64)
+    """
+    distances, pair_sum, pair_count, _ = _deviation_update(
+        orbit_features, distance, reference, apply_softmax, nan_strategy, max_normalizer_pairs
+    )
+    num_samples = torch.tensor(float(distances.shape[1]), dtype=torch.float64)
+    return _deviation_compute(distances.sum(dim=1), num_samples, pair_sum, pair_count, normalize)
+
+
+def equivariance_deviation(
+    orbit_features: Tensor,
+    action: RepresentationAction,
+    distance: str = "euclidean",
+    normalize: bool = False,
+    apply_softmax: bool = True,
+    nan_strategy: str = "error",
+    max_normalizer_pairs: int = DEFAULT_MAX_NORMALIZER_PAIRS,
+) -> Tensor:
+    r"""Equivariance G-EED: the mean distance between ``f(g.x)`` and ``rho(g) . f(x)``.
+
+    .. math::
+        \frac{1}{|D|\,|G|} \sum_{x \in D} \sum_{g \in G} m\big(f(g.x),\, \rho(g) f(x)\big)
+
+    ``orbit_features`` keeps its feature axes (``(|G|, N, C, H, W)`` for feature maps) because the action ``rho``
+    needs them; distances are then taken on the flattened features. A trivial action gives the invariance G-EED
+    with the identity reference. Other arguments as in :func:`invariance_deviation`.
+
+    Example:
+        >>> import torch
+        >>> from lightning_invariance.groups import CyclicRotation, SpatialAction
+        >>> group = CyclicRotation(4)
+        >>> maps = torch.randn(3, 2, 5, 5)
+        >>> orbit = group.orbit(maps)  # the identity model is exactly equivariant
+        >>> equivariance_deviation(orbit, SpatialAction(group))
+        tensor(0., dtype=torch.float64)
+    """
+    if not isinstance(action, RepresentationAction):
+        raise TypeError(f"Expected `action` to be a RepresentationAction, but got {type(action).__name__}.")
+    distances, pair_sum, pair_count, _ = _deviation_update(
+        orbit_features, distance, "identity", apply_softmax, nan_strategy, max_normalizer_pairs, action=action
+    )
+    num_samples = torch.tensor(float(distances.shape[1]), dtype=torch.float64)
+    return _deviation_compute(distances.sum(dim=1), num_samples, pair_sum, pair_count, normalize)

@@ -1,0 +1,136 @@
+"""Distances between representations, and the spaces they are taken in (flattened features, log-probs, labels)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DISTANCES",
+    "REFERENCES",
+    "check_choice",
+    "orbit_reference",
+    "pair_distance_sums",
+    "per_sample_distance",
+    "to_distance_space",
+]
+
+DISTANCES = ("euclidean", "cosine", "kl", "discrete")
+REFERENCES = ("centroid", "identity")
+
+# Gather at most this many feature values at once when pairing samples for the normaliser.
+_PAIR_BLOCK_VALUES = 1 << 24
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Raise the torchmetrics-style error for a string argument outside ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"Expected argument `{name}` to be one of {allowed} but got {value!r}.")
+
+
+def to_distance_space(features: Tensor, distance: str, apply_softmax: bool) -> Tensor:
+    """Map ``(..., N, *feature_dims)`` features to where ``distance`` compares them.
+
+    - euclidean / cosine: features flattened per sample, ``(..., N, D)``, floating point;
+    - kl: log-probabilities ``(..., N, C)`` (``log_softmax`` of logits, or the log of given probabilities);
+    - discrete: integer labels ``(..., N)``: the argmax of ``(..., N, C)`` scores, or given integer labels.
+
+    ``features`` has two leading axes (the orbit axis and the sample axis).
+    """
+    if distance in ("euclidean", "cosine"):
+        flat = features.flatten(2)
+        return flat if flat.is_floating_point() else flat.to(torch.get_default_dtype())
+    if distance == "kl":
+        if features.ndim != 3 or not features.is_floating_point():
+            raise ValueError(
+                "distance='kl' compares class distributions: expected float features of shape (|G|, N, C) (logits, "
+                f"or probabilities with apply_softmax=False), but got dtype {features.dtype} and shape "
+                f"{tuple(features.shape)}."
+            )
+        if apply_softmax:
+            return torch.log_softmax(features, dim=-1)
+        sums = features.sum(-1)
+        if bool((features < 0).any()) or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+            raise ValueError(
+                "distance='kl' with apply_softmax=False expects probabilities (non-negative, summing to 1 over the "
+                f"last axis); got values in [{features.min().item():.4g}, {features.max().item():.4g}] with sums in "
+                f"[{sums.min().item():.4g}, {sums.max().item():.4g}]. Pass logits with apply_softmax=True instead."
+            )
+        return torch.log(features)
+    if distance == "discrete":
+        if features.ndim == 2 and not features.is_floating_point() and not features.is_complex():
+            return features
+        if features.ndim == 3 and features.is_floating_point():
+            return features.argmax(dim=-1)
+        raise ValueError(
+            "distance='discrete' compares predicted labels: expected integer labels of shape (|G|, N) or float class "
+            f"scores of shape (|G|, N, C), but got dtype {features.dtype} and shape {tuple(features.shape)}."
+        )
+    check_choice("distance", distance, DISTANCES)
+    raise AssertionError("unreachable")
+
+
+def orbit_reference(space: Tensor, distance: str, reference: str) -> Tensor:
+    """The reference ``r(x)`` each orbit element is compared with, broadcastable against ``space`` ``(|G|, N, ...)``.
+
+    ``"identity"`` is element 0. ``"centroid"`` is the orbit mean: of the features, of the probabilities (for
+    ``kl``: returned as log-probabilities), or the most frequent label (for ``discrete``; ties go to the smallest).
+    """
+    if reference == "identity":
+        return space[:1]
+    check_choice("reference", reference, REFERENCES)
+    if distance == "kl":
+        return (torch.logsumexp(space, dim=0) - math.log(space.shape[0])).unsqueeze(0)
+    if distance == "discrete":
+        return torch.mode(space, dim=0).values.unsqueeze(0)
+    return space.mean(dim=0, keepdim=True)
+
+
+def per_sample_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
+    """``m(a, b)`` over the last axis (none for labels), broadcasting; float64 out.
+
+    cosine: ``1 - cos``; two zero vectors are at distance 0 and a zero and a non-zero vector at distance 1.
+    kl: ``KL(p_a || p_b)`` from log-probabilities; terms where ``p_a = 0`` contribute 0.
+    """
+    if distance == "discrete":
+        return (a != b).to(torch.float64)
+    if distance == "euclidean":
+        return torch.linalg.vector_norm(a - b, dim=-1).to(torch.float64)
+    if distance == "cosine":
+        a64, b64 = a.to(torch.float64), b.to(torch.float64)
+        norm_a, norm_b = torch.linalg.vector_norm(a64, dim=-1), torch.linalg.vector_norm(b64, dim=-1)
+        dot = (a64 * b64).sum(-1)
+        cos = dot / (norm_a * norm_b).clamp_min(torch.finfo(torch.float64).tiny)
+        both_zero = (norm_a == 0) & (norm_b == 0)
+        return torch.where(both_zero, torch.zeros_like(cos), 1.0 - cos.clamp(-1.0, 1.0))
+    if distance == "kl":
+        a64, b64 = a.to(torch.float64), b.to(torch.float64)
+        terms = torch.where(a64 == -math.inf, torch.zeros_like(a64), a64.exp() * (a64 - b64))
+        return terms.sum(-1).clamp_min(0.0)
+    check_choice("distance", distance, DISTANCES)
+    raise AssertionError("unreachable")
+
+
+def pair_distance_sums(space: Tensor, distance: str, max_pairs: int) -> tuple[Tensor, Tensor]:
+    """Sum and count of ``m(f(x_i), f(x_j))`` over ordered pairs ``i != j`` of a batch ``(N, ...)`` in distance space.
+
+    All ``N (N - 1)`` ordered pairs when that is at most ``max_pairs``; otherwise the pairs ``(i, i + s mod N)`` for
+    the shifts ``s = 1 .. max(1, max_pairs // N)``: a fixed, linear-cost subset in which every sample appears equally
+    often on each side. Fewer than two samples give ``(0, 0)``.
+    """
+    n = space.shape[0]
+    zero = torch.zeros((), dtype=torch.float64, device=space.device)
+    if n < 2:
+        return zero, zero.clone()
+    num_shifts = n - 1 if n * (n - 1) <= max_pairs else max(1, max_pairs // n)
+    values_per_shift = max(1, space[0].numel()) * n
+    block = max(1, _PAIR_BLOCK_VALUES // values_per_shift)
+    total = zero.clone()
+    rows = torch.arange(n, device=space.device)
+    for start in range(1, num_shifts + 1, block):
+        shifts = torch.arange(start, min(start + block, num_shifts + 1), device=space.device)
+        partners = space[(rows.unsqueeze(0) + shifts.unsqueeze(1)) % n]
+        total = total + per_sample_distance(space.unsqueeze(0), partners, distance).sum()
+    return total, torch.tensor(float(n * num_shifts), dtype=torch.float64, device=space.device)

@@ -1,0 +1,102 @@
+"""Actions of a group on representations: how ``g`` should move ``f(x)`` if ``f`` is equivariant."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from lightning_invariance.groups.base import Group
+from lightning_invariance.groups.image import CyclicRotation
+
+__all__ = ["RegularAction", "RepresentationAction", "SpatialAction", "TrivialAction"]
+
+
+class RepresentationAction(ABC):
+    """How element ``k`` of a group acts on a batch of representations ``(N, ...)``."""
+
+    #: True when every element acts as the identity (equivariance is then invariance).
+    trivial: bool = False
+
+    @abstractmethod
+    def act(self, features: Tensor, k: int) -> Tensor:
+        """Apply element ``k`` to the representations ``features`` (sample axis first)."""
+
+    def check_group(self, group: Group) -> None:  # noqa: B027 - optional hook
+        """Raise ``ValueError`` when this action cannot represent ``group`` (e.g. the sizes differ)."""
+
+
+class TrivialAction(RepresentationAction):
+    """Every element acts as the identity: equivariance under it is invariance."""
+
+    trivial = True
+
+    def act(self, features: Tensor, k: int) -> Tensor:
+        """Return ``features`` unchanged."""
+        return features
+
+    def __repr__(self) -> str:
+        return "TrivialAction()"
+
+
+class SpatialAction(RepresentationAction):
+    """The group's own action applied to the representation, e.g. ``rot90`` of a feature map ``(N, C, h, w)``.
+
+    Pass the input group to check "rotating the input rotates the feature map"; pass a different group of the same
+    size where the representation moves differently (a translation by ``s`` pixels of the input is one by
+    ``s / stride`` on a strided feature map).
+    """
+
+    def __init__(self, group: Group) -> None:
+        if not isinstance(group, Group):
+            raise TypeError(f"Expected argument `group` of SpatialAction to be a Group, got {type(group).__name__}.")
+        self.group = group
+
+    def act(self, features: Tensor, k: int) -> Tensor:
+        """Apply the group's element ``k`` to the features."""
+        return self.group.act(features, k)
+
+    def check_group(self, group: Group) -> None:
+        """Require the same number of elements as the input group."""
+        if len(group) != len(self.group):
+            raise ValueError(f"{self!r} has {len(self.group)} elements but the input group {group!r} has {len(group)}.")
+
+    def __repr__(self) -> str:
+        return f"SpatialAction({self.group!r})"
+
+
+class RegularAction(RepresentationAction):
+    """The regular representation of C_n in a group-convolutional network: rotate the map, cycle the group channels.
+
+    The channel axis (axis 1) holds ``F`` fields of ``n`` channels each, one per rotation, as e2cnn's regular fields
+    (``gspaces.Rot2dOnR2(n).regular_repr``) lay them out. Element ``k`` rotates each feature map by ``k`` steps of
+    ``360 / n`` degrees (skipped for ``(N, C)`` vectors, e.g. after global pooling) and shifts the ``n`` channels of
+    every field cyclically by ``k``.
+    """
+
+    def __init__(self, group: CyclicRotation) -> None:
+        if not isinstance(group, CyclicRotation):
+            raise TypeError(f"RegularAction represents a CyclicRotation group, but got {type(group).__name__}.")
+        self.group = group
+
+    def act(self, features: Tensor, k: int) -> Tensor:
+        """Rotate feature maps by element ``k`` and cycle each field's ``n`` group channels by ``k``."""
+        n = self.group.n
+        if features.ndim < 2 or features.shape[1] % n:
+            raise ValueError(
+                f"{self!r} needs a channel axis 1 made of fields of n={n} channels; got features of shape "
+                f"{tuple(features.shape)} ({features.shape[1] if features.ndim > 1 else 0} channels, not divisible by "
+                f"{n})."
+            )
+        fields = features.reshape(features.shape[0], -1, n, *features.shape[2:])
+        moved = torch.roll(fields, shifts=k, dims=2).reshape(features.shape)
+        return self.group.act(moved, k) if features.ndim >= 4 else moved
+
+    def check_group(self, group: Group) -> None:
+        """Require the input group to have ``n`` elements."""
+        if len(group) != self.group.n:
+            raise ValueError(f"{self!r} has {self.group.n} elements but the input group {group!r} has {len(group)}.")
+
+    def __repr__(self) -> str:
+        return f"RegularAction({self.group!r})"

@@ -1,0 +1,75 @@
+"""Taking the input tensor out of a batch, the way users' dataloaders shape them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import Tensor
+
+__all__ = ["InputGetter", "make_input_getter"]
+
+InputGetter = Callable[[Any], Tensor]
+
+
+def make_input_getter(input_key: str | int | Callable[[Any], Tensor] | None = None) -> InputGetter:
+    """Build ``batch -> input tensor``.
+
+    ``None``: the batch itself if it is a tensor, its first element if a tuple/list, its ``"input"``, ``"x"`` or
+    ``"image"`` entry if a dict. An ``int`` indexes a tuple/list, a ``str`` names a dict key, a callable is used as is.
+    Each getter raises ``TypeError``/``KeyError`` naming what it found when the batch does not fit.
+    """
+    if callable(input_key):
+        return _checked(input_key, "the `input_key` callable")
+    if input_key is not None and not isinstance(input_key, (str, int)):
+        raise TypeError(
+            f"Expected `input_key` to be None, an int, a str or a callable, got {type(input_key).__name__}."
+        )
+
+    def get(batch: Any) -> Tensor:
+        if input_key is None:
+            if isinstance(batch, Tensor):
+                return batch
+            if isinstance(batch, (tuple, list)) and batch:
+                return _require_tensor(batch[0], "element 0 of the batch")
+            if isinstance(batch, Mapping):
+                for key in ("input", "x", "image"):
+                    if key in batch:
+                        return _require_tensor(batch[key], f"batch[{key!r}]")
+                raise KeyError(
+                    f"The batch is a dict with keys {sorted(map(str, batch))} and none of 'input', 'x', "
+                    "'image': pass `input_key` naming the input's key, or a callable."
+                )
+            raise TypeError(
+                f"Cannot find the input in a batch of type {type(batch).__name__}: pass `input_key` (an "
+                "index, a dict key, or a callable batch -> tensor)."
+            )
+        if isinstance(input_key, str):
+            if not isinstance(batch, Mapping) or input_key not in batch:
+                found = sorted(map(str, batch)) if isinstance(batch, Mapping) else type(batch).__name__
+                raise KeyError(f"input_key={input_key!r} is not in the batch (found {found}).")
+            return _require_tensor(batch[input_key], f"batch[{input_key!r}]")
+        if not isinstance(batch, (tuple, list)) or not -len(batch) <= input_key < len(batch):
+            found = f"a {type(batch).__name__}"
+            if isinstance(batch, (tuple, list)):
+                found += f" of length {len(batch)}"
+            raise TypeError(f"input_key={input_key} needs a tuple/list batch with that index; got {found}.")
+        return _require_tensor(batch[input_key], f"element {input_key} of the batch")
+
+    return get
+
+
+def _require_tensor(value: Any, where: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"Expected {where} to be the input tensor, but it is a {type(value).__name__}; pass "
+            "`input_key` (an index, a dict key, or a callable batch -> tensor)."
+        )
+    return value
+
+
+def _checked(fn: Callable[[Any], Tensor], where: str) -> InputGetter:
+    def get(batch: Any) -> Tensor:
+        return _require_tensor(fn(batch), f"the value returned by {where}")
+
+    return get

@@ -1,0 +1,240 @@
+"""TorchMetrics classes for the invariance and equivariance G-EED."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from lightning_invariance.functional.deviation import (
+    DEFAULT_MAX_NORMALIZER_PAIRS,
+    NAN_STRATEGIES,
+    _deviation_compute,
+    _deviation_update,
+    _standard_error,
+)
+from lightning_invariance.functional.distances import DISTANCES, REFERENCES, check_choice
+from lightning_invariance.groups.actions import RepresentationAction
+
+__all__ = ["EquivarianceDeviation", "InvarianceDeviation"]
+
+
+class _DeviationMetric(Metric):
+    """Shared states and maths: float64 sums reduced by ``"sum"`` (and the worst case by ``"max"``)."""
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+    plot_lower_bound = 0.0
+
+    element_sum: Tensor
+    num_samples: Tensor
+    sample_sq_sum: Tensor
+    max_deviation: Tensor
+    pair_sum: Tensor
+    pair_count: Tensor
+    num_skipped: Tensor
+
+    def __init__(
+        self,
+        num_elements: int,
+        distance: str,
+        reference: str,
+        normalize: bool,
+        apply_softmax: bool,
+        nan_strategy: str,
+        max_normalizer_pairs: int,
+        action: RepresentationAction | None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(num_elements, int) or isinstance(num_elements, bool) or num_elements < 1:
+            raise ValueError(f"Expected argument `num_elements` to be a positive int (|G|), but got {num_elements!r}.")
+        check_choice("distance", distance, DISTANCES)
+        check_choice("reference", reference, REFERENCES)
+        check_choice("nan_strategy", nan_strategy, NAN_STRATEGIES)
+        if not isinstance(max_normalizer_pairs, int) or max_normalizer_pairs < 1:
+            raise ValueError(f"Expected `max_normalizer_pairs` to be a positive int, got {max_normalizer_pairs!r}.")
+        self.num_elements = num_elements
+        self.distance, self.reference, self.normalize = distance, reference, bool(normalize)
+        self.apply_softmax, self.nan_strategy = bool(apply_softmax), nan_strategy
+        self.max_normalizer_pairs, self.action = max_normalizer_pairs, action
+
+        f64 = torch.float64
+        self.add_state("element_sum", torch.zeros(num_elements, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("num_samples", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        self.add_state("sample_sq_sum", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        self.add_state("max_deviation", torch.zeros((), dtype=f64), dist_reduce_fx="max")
+        self.add_state("pair_sum", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        self.add_state("pair_count", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        self.add_state("num_skipped", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+
+    def update(self, orbit_features: Tensor) -> None:
+        """Add a batch of orbit features ``(|G|, N, ...)`` (element 0 the identity)."""
+        distances, pair_sum, pair_count, num_skipped = _deviation_update(
+            orbit_features,
+            self.distance,
+            self.reference,
+            self.apply_softmax,
+            self.nan_strategy,
+            self.max_normalizer_pairs,
+            action=self.action,
+            num_elements=self.num_elements,
+        )
+        distances = distances.to(self.element_sum.device)
+        self.element_sum += distances.sum(dim=1)
+        self.num_samples += distances.shape[1]
+        self.sample_sq_sum += distances.mean(dim=0).square().sum()
+        if distances.numel():
+            self.max_deviation = torch.maximum(self.max_deviation, distances.max())
+        self.pair_sum += pair_sum.to(self.pair_sum.device)
+        self.pair_count += pair_count.to(self.pair_count.device)
+        self.num_skipped += num_skipped
+
+    def compute(self) -> Tensor:
+        """The G-EED over everything seen since the last reset (normalised if ``normalize=True``)."""
+        return _deviation_compute(self.element_sum, self.num_samples, self.pair_sum, self.pair_count, self.normalize)
+
+    def compute_summary(self) -> dict[str, Tensor]:
+        """Every statistic at once, synchronised across processes like :meth:`compute`.
+
+        Returns a dict with ``geed`` (raw), ``geed_normalized`` (NaN without pairs), ``stderr`` (standard error of
+        the raw G-EED over samples), ``max`` (the largest single distance), ``per_element`` (raw G-EED of each group
+        element, shape ``(|G|,)``), ``num_samples`` and ``num_skipped``.
+        """
+        with self.sync_context(
+            dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
+        ):
+            n = self.num_samples
+            empty = float(n) == 0
+            nan = torch.tensor(float("nan"), dtype=torch.float64, device=n.device)
+            pairs = float(self.pair_count) > 0
+            return {
+                "geed": _deviation_compute(self.element_sum, n, self.pair_sum, self.pair_count, False),
+                "geed_normalized": _deviation_compute(self.element_sum, n, self.pair_sum, self.pair_count, True)
+                if pairs and not empty
+                else nan,
+                "stderr": _standard_error(self.element_sum, self.sample_sq_sum, n),
+                "max": nan if empty else self.max_deviation.clone(),
+                "per_element": self.element_sum / n if not empty else self.element_sum * float("nan"),
+                "num_samples": n.clone(),
+                "num_skipped": self.num_skipped.clone(),
+            }
+
+
+class InvarianceDeviation(_DeviationMetric):
+    r"""Invariance G-EED (Kvinge et al. 2022): how far transforming the input moves a representation.
+
+    .. math::
+        \mathrm{G\text{-}EED} = \frac{1}{|D|\,|G|} \sum_{x \in D} \sum_{g \in G} m\big(f(g.x),\, r(x)\big)
+
+    with ``r(x)`` the orbit centroid or ``f(x)``; optionally divided by the mean ``m(f(x_i), f(x_j))`` over pairs of
+    different inputs of a batch (``normalize=True``: 0 invariant, 1 as far as swapping the input).
+
+    As input to ``update``:
+        - ``orbit_features`` (:class:`~torch.Tensor`): ``(|G|, N, ...)``, ``f(g_k . x_i)`` with the identity first;
+          class scores ``(|G|, N, C)`` or labels ``(|G|, N)`` for ``kl``/``discrete``.
+
+    As output of ``compute``:
+        - the G-EED (float64 scalar); :meth:`compute_summary` adds per-element scores, standard error and max.
+
+    Args:
+        num_elements: ``|G|``, the number of group elements (axis 0 of the orbit features).
+        distance: ``"euclidean"``, ``"cosine"``, ``"kl"`` or ``"discrete"``.
+        reference: ``"centroid"`` or ``"identity"``.
+        normalize: make :meth:`compute` return the normalised G-EED.
+        apply_softmax: for ``kl``: the features are logits (``False``: probabilities).
+        nan_strategy: ``"error"`` on NaN/inf features, or ``"skip"`` those samples with a warning.
+        max_normalizer_pairs: pair budget of the normaliser per batch.
+        kwargs: passed to :class:`torchmetrics.Metric`.
+
+    Example:
+        >>> import torch
+        >>> metric = InvarianceDeviation(num_elements=2, reference="identity")
+        >>> metric.update(torch.tensor([[[1.0, 0.0], [0.0, 2.0]], [[1.0, 0.0], [0.0, 1.0]]]))
+        >>> metric.compute()
+        tensor(0.2500, dtype=torch.float64)
+        >>> metric.compute_summary()["per_element"]
+        tensor([0.0000, 0.5000], dtype=torch.float64)
+    """
+
+    def __init__(
+        self,
+        num_elements: int,
+        distance: str = "euclidean",
+        reference: str = "centroid",
+        normalize: bool = False,
+        apply_softmax: bool = True,
+        nan_strategy: str = "error",
+        max_normalizer_pairs: int = DEFAULT_MAX_NORMALIZER_PAIRS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            num_elements,
+            distance,
+            reference,
+            normalize,
+            apply_softmax,
+            nan_strategy,
+            max_normalizer_pairs,
+            None,
+            **kwargs,
+        )
+
+
+class EquivarianceDeviation(_DeviationMetric):
+    r"""Equivariance G-EED: the mean distance between ``f(g.x)`` and ``rho(g) . f(x)`` for an action ``rho``.
+
+    .. math::
+        \frac{1}{|D|\,|G|} \sum_{x \in D} \sum_{g \in G} m\big(f(g.x),\, \rho(g) f(x)\big)
+
+    As input to ``update``:
+        - ``orbit_features`` (:class:`~torch.Tensor`): ``(|G|, N, ...)`` with the feature axes the action needs,
+          e.g. ``(|G|, N, C, H, W)`` for feature maps.
+
+    As output of ``compute``:
+        - the G-EED (float64 scalar).
+
+    Args:
+        action: how element ``k`` acts on the representation (:class:`~lightning_invariance.groups.SpatialAction`,
+            :class:`~lightning_invariance.groups.RegularAction`, ...).
+        num_elements: ``|G|``.
+        distance, normalize, apply_softmax, nan_strategy, max_normalizer_pairs, kwargs: as in
+            :class:`InvarianceDeviation`.
+
+    Example:
+        >>> import torch
+        >>> from lightning_invariance.groups import CyclicRotation, SpatialAction
+        >>> group = CyclicRotation(4)
+        >>> metric = EquivarianceDeviation(SpatialAction(group), num_elements=len(group))
+        >>> metric.update(group.orbit(torch.randn(3, 2, 5, 5)))  # the identity map is equivariant
+        >>> metric.compute()
+        tensor(0., dtype=torch.float64)
+    """
+
+    def __init__(
+        self,
+        action: RepresentationAction,
+        num_elements: int,
+        distance: str = "euclidean",
+        normalize: bool = False,
+        apply_softmax: bool = True,
+        nan_strategy: str = "error",
+        max_normalizer_pairs: int = DEFAULT_MAX_NORMALIZER_PAIRS,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(action, RepresentationAction):
+            raise TypeError(f"Expected argument `action` to be a RepresentationAction, got {type(action).__name__}.")
+        super().__init__(
+            num_elements,
+            distance,
+            "identity",
+            normalize,
+            apply_softmax,
+            nan_strategy,
+            max_normalizer_pairs,
+            action,
+            **kwargs,
+        )

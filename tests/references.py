@@ -1,0 +1,136 @@
+"""Brute-force references: plain Python loops over samples and group elements, in float64.
+
+Written independently of the package (no shared helpers) so that the tests compare two implementations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+
+def _softmax(v: list[float]) -> list[float]:
+    top = max(v)
+    exps = [math.exp(a - top) for a in v]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def _item_distance(a, b, distance: str) -> float:
+    if distance == "discrete":
+        return 0.0 if a == b else 1.0
+    if distance == "euclidean":
+        return math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b, strict=True)))
+    if distance == "cosine":
+        na = math.sqrt(sum(x * x for x in a))
+        nb = math.sqrt(sum(y * y for y in b))
+        if na == 0 and nb == 0:
+            return 0.0
+        if na == 0 or nb == 0:
+            return 1.0
+        return 1.0 - sum(x * y for x, y in zip(a, b, strict=True)) / (na * nb)
+    if distance == "kl":
+        return sum(p * math.log(p / q) for p, q in zip(a, b, strict=True) if p > 0)
+    raise ValueError(distance)
+
+
+def _represent(features: Tensor, distance: str, apply_softmax: bool):
+    """One sample's features as the reference compares them: a list of floats, probabilities, or a label."""
+    if distance == "discrete":
+        if features.ndim == 0:
+            return int(features)
+        values = features.double().tolist()
+        return max(range(len(values)), key=lambda c: (values[c], -c))
+    values = features.double().flatten().tolist()
+    if distance == "kl" and apply_softmax:
+        return _softmax(values)
+    return values
+
+
+def _centroid(items: list, distance: str):
+    if distance == "discrete":
+        counts = Counter(items)
+        best = max(counts.values())
+        return min(label for label, c in counts.items() if c == best)
+    return [sum(column) / len(items) for column in zip(*items, strict=True)]
+
+
+def reference_distances(
+    orbit: Tensor,
+    distance: str,
+    reference: str,
+    apply_softmax: bool = True,
+    action: Callable[[Tensor, int], Tensor] | None = None,
+) -> list[list[float]]:
+    """``d[g][i] = m(f(g.x_i), r_g(x_i))`` by loops."""
+    num_elements, num_samples = orbit.shape[:2]
+    table = [[0.0] * num_samples for _ in range(num_elements)]
+    for i in range(num_samples):
+        items = [_represent(orbit[g, i], distance, apply_softmax) for g in range(num_elements)]
+        for g in range(num_elements):
+            if action is not None:
+                moved = action(orbit[0, i : i + 1], g)[0]
+                target = _represent(moved, distance, apply_softmax)
+            elif reference == "identity":
+                target = items[0]
+            else:
+                target = _centroid(items, distance)
+            table[g][i] = _item_distance(items[g], target, distance)
+    return table
+
+
+def reference_pair_sums(orbit: Tensor, distance: str, apply_softmax: bool = True) -> tuple[float, int]:
+    """Sum and count of ``m(f(x_i), f(x_j))`` over ordered pairs ``i != j`` of the untransformed samples."""
+    items = [_represent(orbit[0, i], distance, apply_softmax) for i in range(orbit.shape[1])]
+    total, count = 0.0, 0
+    for i, a in enumerate(items):
+        for j, b in enumerate(items):
+            if i != j:
+                total += _item_distance(a, b, distance)
+                count += 1
+    return total, count
+
+
+def reference_geed(
+    batches: Sequence[Tensor],
+    distance: str = "euclidean",
+    reference: str = "centroid",
+    normalize: bool = False,
+    apply_softmax: bool = True,
+    action: Callable[[Tensor, int], Tensor] | None = None,
+) -> float:
+    """G-EED over several batches (the normaliser pairs samples within a batch)."""
+    total, count, pair_total, pair_count = 0.0, 0, 0.0, 0
+    for orbit in batches:
+        table = reference_distances(orbit, distance, reference, apply_softmax, action)
+        total += sum(sum(row) for row in table)
+        count += len(table) * len(table[0])
+        if normalize:
+            s, c = reference_pair_sums(orbit, distance, apply_softmax)
+            pair_total, pair_count = pair_total + s, pair_count + c
+    geed = total / count
+    return geed / (pair_total / pair_count) if normalize else geed
+
+
+def reference_per_element(batches: Sequence[Tensor], distance: str, reference: str) -> list[float]:
+    sums, count = None, 0
+    for orbit in batches:
+        table = reference_distances(orbit, distance, reference)
+        row_sums = [sum(row) for row in table]
+        sums = row_sums if sums is None else [a + b for a, b in zip(sums, row_sums, strict=True)]
+        count += orbit.shape[1]
+    return [s / count for s in sums]
+
+
+def reference_stderr(batches: Sequence[Tensor], distance: str, reference: str) -> float:
+    per_sample = []
+    for orbit in batches:
+        table = reference_distances(orbit, distance, reference)
+        per_sample += [sum(table[g][i] for g in range(len(table))) / len(table) for i in range(len(table[0]))]
+    n = len(per_sample)
+    mean = sum(per_sample) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in per_sample) / (n - 1) / n)

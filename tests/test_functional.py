@@ -1,0 +1,157 @@
+import math
+
+import pytest
+import torch
+
+from lightning_invariance.functional import (
+    equivariance_deviation,
+    invariance_deviation,
+    prediction_consistency,
+    prediction_flip_rate,
+)
+from lightning_invariance.groups import CyclicRotation, SpatialAction, TrivialAction
+from references import reference_geed
+
+torch.manual_seed(42)
+SHAPES = [(4, 6, 5), (8, 9, 3, 4), (2, 5, 2, 3, 3), (1, 4, 7)]
+ORBITS = [torch.randn(*shape, dtype=torch.float64) for shape in SHAPES]
+LOGITS = [torch.randn(g, n, c, dtype=torch.float64) * 2 for g, n, c in [(4, 7, 5), (8, 5, 3), (3, 10, 10)]]
+
+
+@pytest.mark.parametrize("orbit", ORBITS, ids=[str(s) for s in SHAPES])
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+@pytest.mark.parametrize("reference", ["centroid", "identity"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_invariance_matches_loops(orbit, distance, reference, normalize):
+    expected = reference_geed([orbit], distance, reference, normalize)
+    got = invariance_deviation(orbit, distance=distance, reference=reference, normalize=normalize)
+    assert got.dtype == torch.float64
+    assert got.item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("logits", LOGITS, ids=[str(tuple(t.shape)) for t in LOGITS])
+@pytest.mark.parametrize("distance", ["kl", "discrete"])
+@pytest.mark.parametrize("reference", ["centroid", "identity"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_class_distances_match_loops(logits, distance, reference, normalize):
+    expected = reference_geed([logits], distance, reference, normalize)
+    got = invariance_deviation(logits, distance=distance, reference=reference, normalize=normalize)
+    assert got.item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_kl_on_probabilities_without_softmax():
+    probs = torch.softmax(LOGITS[0], dim=-1)
+    got = invariance_deviation(probs, distance="kl", apply_softmax=False)
+    assert got.item() == pytest.approx(reference_geed([probs], "kl", "centroid", apply_softmax=False), rel=1e-9)
+    assert got.item() == pytest.approx(invariance_deviation(LOGITS[0], distance="kl").item(), rel=1e-9)
+
+
+def test_discrete_on_integer_labels_equals_argmax_of_scores():
+    labels = LOGITS[1].argmax(-1)
+    for reference in ("centroid", "identity"):
+        a = invariance_deviation(labels, distance="discrete", reference=reference)
+        b = invariance_deviation(LOGITS[1], distance="discrete", reference=reference)
+        assert a.item() == b.item()
+
+
+def test_flip_rate_and_consistency():
+    labels = torch.tensor([[0, 1, 2], [0, 2, 2], [1, 2, 2]])
+    # flips: element 1 flips sample 1, element 2 flips samples 0 and 1 -> 3 of 9
+    assert prediction_flip_rate(labels).item() == pytest.approx(3 / 9)
+    assert prediction_consistency(labels).item() == pytest.approx(6 / 9)
+    # majority labels: sample 0 -> 0, sample 1 -> 2, sample 2 -> 2: one disagreement per sample 0 and 1
+    assert prediction_flip_rate(labels, reference="centroid").item() == pytest.approx(2 / 9)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_equivariance_matches_loops(distance):
+    group = CyclicRotation(4)
+    orbit = torch.randn(4, 5, 3, 6, 6, dtype=torch.float64)
+    action = SpatialAction(group)
+    expected = reference_geed([orbit], distance, "identity", action=lambda f, k: torch.rot90(f, k, dims=(-2, -1)))
+    got = equivariance_deviation(orbit, action, distance=distance)
+    assert got.item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_equivariance_of_exact_orbit_is_zero_and_trivial_action_is_invariance():
+    group = CyclicRotation(4)
+    maps = torch.randn(6, 2, 5, 5, dtype=torch.float64)
+    assert equivariance_deviation(group.orbit(maps), SpatialAction(group)).item() == 0.0
+    orbit = torch.randn(4, 6, 3, dtype=torch.float64)
+    trivial = equivariance_deviation(orbit, TrivialAction())
+    assert trivial.item() == invariance_deviation(orbit, reference="identity").item()
+
+
+def test_tagtorch_definitions():
+    """DESIGN.md section 1, as TAGTorch computes it on 2-D features: centroid reference, last-axis distances."""
+    orbit = torch.randn(6, 20, 16, dtype=torch.float64)
+    centroid = orbit.mean(dim=0, keepdim=True).expand_as(orbit)
+    cosine = (1 - torch.nn.functional.cosine_similarity(orbit, centroid, dim=-1)).mean()
+    euclid = (orbit - centroid).norm(dim=-1).mean()
+    probs = torch.softmax(orbit, dim=-1)
+    centroid_p = probs.mean(0, keepdim=True).expand_as(probs)
+    kl = torch.nn.functional.kl_div(centroid_p.log(), probs, reduction="none").sum(-1).mean()
+    assert invariance_deviation(orbit, distance="cosine").item() == pytest.approx(cosine.item(), abs=1e-6)
+    assert invariance_deviation(orbit, distance="euclidean").item() == pytest.approx(euclid.item(), abs=1e-6)
+    assert invariance_deviation(orbit, distance="kl").item() == pytest.approx(kl.item(), abs=1e-6)
+
+
+def test_normalizer_pair_budget_uses_fixed_linear_subset():
+    orbit = torch.randn(3, 50, 4, dtype=torch.float64)
+    exact = invariance_deviation(orbit, normalize=True)
+    budget = invariance_deviation(orbit, normalize=True, max_normalizer_pairs=200)  # 4 shifts of 50 samples
+    shifted = sum((orbit[0] - orbit[0].roll(-s, dims=0)).norm(dim=-1).sum() for s in range(1, 5)) / 200
+    raw = invariance_deviation(orbit)
+    assert budget.item() == pytest.approx((raw / shifted).item(), rel=1e-9)
+    assert budget.item() == pytest.approx(exact.item(), rel=0.3)
+
+
+def test_cosine_of_zero_vectors():
+    zeros = torch.zeros(3, 2, 4)
+    assert invariance_deviation(zeros, distance="cosine").item() == 0.0
+    orbit = torch.zeros(2, 1, 3)
+    orbit[1, 0, 0] = 1.0
+    assert invariance_deviation(orbit, distance="cosine", reference="identity").item() == 0.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "orbit", "message"),
+    [
+        ({"distance": "manhattan"}, torch.randn(2, 3, 4), "Expected argument `distance` to be one of"),
+        ({"reference": "mean"}, torch.randn(2, 3, 4), "Expected argument `reference` to be one of"),
+        ({"nan_strategy": "ignore"}, torch.randn(2, 3, 4), "Expected argument `nan_strategy`"),
+        ({}, torch.randn(3), r"shape \(\|G\|, N, ...\)"),
+        ({"distance": "kl"}, torch.randn(2, 3, 4, 4), "distance='kl' compares class distributions"),
+        ({"distance": "kl", "apply_softmax": False}, torch.randn(2, 3, 4), "expects probabilities"),
+        ({"distance": "discrete"}, torch.randn(2, 3), "distance='discrete' compares predicted labels"),
+    ],
+)
+def test_bad_input_messages(kwargs, orbit, message):
+    with pytest.raises(ValueError, match=message):
+        invariance_deviation(orbit, **kwargs)
+
+
+def test_non_finite_features_error_or_skip():
+    orbit = torch.randn(3, 6, 4, dtype=torch.float64)
+    orbit[2, 1, 0] = float("nan")
+    orbit[0, 4, 3] = float("inf")
+    with pytest.raises(ValueError, match="NaN or infinite values for 2 of 6 samples"):
+        invariance_deviation(orbit)
+    with pytest.warns(UserWarning, match="Skipping 2 of 6 samples"):
+        skipped = invariance_deviation(orbit, nan_strategy="skip")
+    kept = orbit[:, [0, 2, 3, 5]]
+    assert skipped.item() == pytest.approx(reference_geed([kept]), rel=1e-9)
+
+
+def test_single_sample_cannot_be_normalized():
+    orbit = torch.randn(4, 1, 3)
+    with pytest.warns(UserWarning, match="at least one batch of two or more samples"):
+        value = invariance_deviation(orbit, normalize=True)
+    assert math.isnan(value.item())
+    assert not math.isnan(invariance_deviation(orbit).item())
+
+
+def test_equivariance_rejects_action_that_changes_shape():
+    group = CyclicRotation(4)
+    with pytest.raises(ValueError, match="square"):
+        equivariance_deviation(torch.randn(4, 2, 3, 5, 6), SpatialAction(group))

@@ -1,0 +1,145 @@
+import math
+import pickle
+
+import pytest
+import torch
+from torchmetrics import MetricCollection
+
+from lightning_invariance.groups import CyclicRotation, SpatialAction
+from lightning_invariance.metrics import EquivarianceDeviation, InvarianceDeviation, PredictionConsistency
+from references import reference_geed, reference_per_element, reference_stderr
+
+torch.manual_seed(7)
+NUM_ELEMENTS = 4
+BATCHES = [torch.randn(NUM_ELEMENTS, n, 3, 2, dtype=torch.float64) for n in (5, 1, 8, 3)]
+LOGIT_BATCHES = [torch.randn(NUM_ELEMENTS, n, 6, dtype=torch.float64) for n in (7, 4, 9)]
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+@pytest.mark.parametrize("reference", ["centroid", "identity"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_accumulates_like_reference(distance, reference, normalize):
+    metric = InvarianceDeviation(NUM_ELEMENTS, distance=distance, reference=reference, normalize=normalize)
+    for k, batch in enumerate(BATCHES, start=1):
+        metric.update(batch)
+        expected = reference_geed(BATCHES[:k], distance, reference, normalize)
+        assert metric.compute().item() == pytest.approx(expected, rel=1e-9)
+    summary = metric.compute_summary()
+    assert summary["geed"].item() == pytest.approx(reference_geed(BATCHES, distance, reference), rel=1e-9)
+    assert summary["geed_normalized"].item() == pytest.approx(
+        reference_geed(BATCHES, distance, reference, normalize=True), rel=1e-9
+    )
+    per_element = reference_per_element(BATCHES, distance, reference)
+    assert summary["per_element"].tolist() == pytest.approx(per_element, rel=1e-9)
+    assert summary["stderr"].item() == pytest.approx(reference_stderr(BATCHES, distance, reference), rel=1e-6)
+    assert summary["num_samples"].item() == sum(b.shape[1] for b in BATCHES)
+
+
+@pytest.mark.parametrize("distance", ["kl", "discrete"])
+def test_class_distances_accumulate(distance):
+    metric = InvarianceDeviation(NUM_ELEMENTS, distance=distance, normalize=True)
+    for batch in LOGIT_BATCHES:
+        metric.update(batch)
+    assert metric.compute().item() == pytest.approx(reference_geed(LOGIT_BATCHES, distance, normalize=True), rel=1e-9)
+
+
+def test_max_is_largest_single_distance():
+    metric = InvarianceDeviation(NUM_ELEMENTS, reference="identity")
+    for batch in BATCHES:
+        metric.update(batch)
+    largest = max((b - b[:1]).flatten(2).norm(dim=-1).max().item() for b in BATCHES)
+    assert metric.compute_summary()["max"].item() == pytest.approx(largest, rel=1e-12)
+
+
+def test_split_into_more_updates_gives_same_raw_value():
+    whole = torch.cat(BATCHES, dim=1)
+    a, b = InvarianceDeviation(NUM_ELEMENTS), InvarianceDeviation(NUM_ELEMENTS)
+    a.update(whole)
+    for batch in BATCHES:
+        b.update(batch)
+    assert a.compute().item() == pytest.approx(b.compute().item(), rel=1e-12)
+
+
+def test_equivariance_metric_against_reference():
+    group = CyclicRotation(4)
+    batches = [torch.randn(4, n, 2, 5, 5, dtype=torch.float64) for n in (3, 6)]
+    metric = EquivarianceDeviation(SpatialAction(group), len(group), normalize=True)
+    for batch in batches:
+        metric.update(batch)
+    expected = reference_geed(batches, "euclidean", "identity", True, action=lambda f, k: torch.rot90(f, k, (-2, -1)))
+    assert metric.compute().item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_prediction_consistency_metric():
+    metric = PredictionConsistency(NUM_ELEMENTS)
+    for batch in LOGIT_BATCHES:
+        metric.update(batch)
+    flip = reference_geed(LOGIT_BATCHES, "discrete", "identity")
+    assert metric.compute().item() == pytest.approx(1 - flip, rel=1e-12)
+    assert metric.higher_is_better is True
+
+
+def test_reset_forward_clone_pickle_and_collection():
+    metric = InvarianceDeviation(NUM_ELEMENTS, normalize=True)
+    metric.update(BATCHES[0])
+    metric.reset()
+    batch_value = metric(BATCHES[2])  # forward: the batch's value, and accumulates
+    assert batch_value.item() == pytest.approx(reference_geed([BATCHES[2]], normalize=True), rel=1e-9)
+    metric.update(BATCHES[3])
+    expected = reference_geed(BATCHES[2:], normalize=True)
+    assert metric.compute().item() == pytest.approx(expected, rel=1e-9)
+    assert pickle.loads(pickle.dumps(metric)).compute().item() == pytest.approx(expected, rel=1e-12)
+    assert metric.clone().compute().item() == pytest.approx(expected, rel=1e-12)
+
+    collection = MetricCollection(
+        {
+            "geed": InvarianceDeviation(NUM_ELEMENTS),
+            "geed_normalized": InvarianceDeviation(NUM_ELEMENTS, normalize=True),
+            "cosine": InvarianceDeviation(NUM_ELEMENTS, distance="cosine"),
+        }
+    )
+    for batch in BATCHES:
+        collection.update(batch)
+    values = collection.compute()
+    assert values["geed"].item() == pytest.approx(reference_geed(BATCHES), rel=1e-9)
+    assert values["geed_normalized"].item() == pytest.approx(reference_geed(BATCHES, normalize=True), rel=1e-9)
+    assert values["cosine"].item() == pytest.approx(reference_geed(BATCHES, "cosine"), rel=1e-9)
+
+
+def test_compute_before_update_warns_and_is_nan():
+    metric = InvarianceDeviation(NUM_ELEMENTS)
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert math.isnan(metric.compute().item())
+
+
+def test_batch_of_one_is_skipped_by_normalizer_only():
+    metric = InvarianceDeviation(NUM_ELEMENTS, normalize=True)
+    metric.update(BATCHES[1])  # one sample: no pairs
+    with pytest.warns(UserWarning, match="two or more samples"):
+        assert math.isnan(metric.compute().item())
+    metric.update(BATCHES[0])
+    expected = reference_geed(BATCHES[:2], normalize=False) / reference_geed([BATCHES[0]], normalize=False) * (
+        reference_geed([BATCHES[0]], normalize=True)
+    )
+    assert metric.compute().item() == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (lambda: InvarianceDeviation(0), "positive int"),
+        (lambda: InvarianceDeviation(4, distance="l1"), "`distance` to be one of"),
+        (lambda: InvarianceDeviation(4, reference="median"), "`reference` to be one of"),
+        (lambda: InvarianceDeviation(4, max_normalizer_pairs=0), "max_normalizer_pairs"),
+    ],
+)
+def test_bad_arguments(factory, message):
+    with pytest.raises(ValueError, match=message):
+        factory()
+
+
+def test_wrong_number_of_elements():
+    with pytest.raises(ValueError, match="to have 4 group elements"):
+        InvarianceDeviation(4).update(torch.randn(3, 2, 5))
+    with pytest.raises(TypeError, match="RepresentationAction"):
+        EquivarianceDeviation("rot90", 4)  # type: ignore[arg-type]

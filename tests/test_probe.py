@@ -1,0 +1,151 @@
+import pytest
+import torch
+from torch import nn
+
+from lightning_invariance import InvarianceDeviation, Probe, measure
+from lightning_invariance.groups import CyclicRotation
+from models import SmallCNN
+
+torch.manual_seed(3)
+GROUP = CyclicRotation(4)
+IMAGES = torch.randn(10, 1, 8, 8)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return SmallCNN(batch_norm=True)
+
+
+def _snapshot(model: nn.Module) -> dict:
+    return {
+        "modes": [m.training for m in model.modules()],
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()],
+        "rng": torch.get_rng_state(),
+    }
+
+
+def _assert_unchanged(before: dict, after: dict) -> None:
+    assert before["modes"] == after["modes"]
+    assert before["hooks"] == after["hooks"]
+    assert torch.equal(before["rng"], after["rng"])
+    for key, value in before["state"].items():
+        assert torch.equal(value, after["state"][key]), key
+    for a, b in zip(before["grads"], after["grads"], strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_orbit_features_equal_one_forward_per_element():
+    model = _model().eval()
+    probe = Probe(model, GROUP, layers=["features.2", "output"], chunk_size=12)
+    features = probe.orbit_features(IMAGES)
+    with torch.no_grad():
+        for k in range(4):
+            rotated = torch.rot90(IMAGES, k, dims=(-2, -1))
+            assert torch.allclose(features["output"][k], model(rotated), atol=1e-6)
+            inner = model.features[:3](rotated)
+            assert torch.allclose(features["features.2"][k], inner, atol=1e-6)
+
+
+def test_chunk_size_does_not_change_features():
+    model = _model()
+    small = Probe(model, GROUP, chunk_size=4).orbit_features(IMAGES)["output"]
+    large = Probe(model, GROUP, chunk_size=1000).orbit_features(IMAGES)["output"]
+    assert torch.allclose(small, large, atol=1e-6)
+
+
+def test_model_left_as_found_in_train_mode_with_grads():
+    model = _model().train()
+    model.head.eval()  # a deliberately mixed configuration must be restored module by module
+    model(torch.randn(4, 1, 8, 8)).sum().backward()
+    before = _snapshot(model)
+    metric = InvarianceDeviation(4)
+    Probe(model, GROUP, layers=["features.1", "output"]).update(IMAGES, {"output": metric})
+    _assert_unchanged(before, _snapshot(model))
+    assert metric.compute() > 0
+
+
+class Exploding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        self.bn(x.flatten(1)[:, :4])
+        torch.rand(1)  # would advance the global RNG
+        raise RuntimeError("boom")
+
+
+def test_model_left_as_found_when_forward_raises():
+    model = Exploding().train()
+    before = _snapshot(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        Probe(model, GROUP, layers=["bn", "output"]).orbit_features(IMAGES[:, 0])
+    _assert_unchanged(before, _snapshot(model))
+
+
+def test_inplace_relu_after_hooked_layer_does_not_change_capture():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 5), nn.ReLU(inplace=True)).eval()
+    features = Probe(model, GROUP, layers=["1"]).orbit_features(IMAGES)["1"]
+    assert (features < 0).any()  # captured before the in-place ReLU
+
+
+class TupleAndTensorAttr(nn.Module):
+    class Wrapped:
+        def __init__(self, tensor):
+            self.tensor = tensor
+
+    class ReturnsTuple(nn.Module):
+        def forward(self, x):
+            return x * 2, "aux"
+
+    class ReturnsWrapped(nn.Module):
+        def forward(self, x):
+            return TupleAndTensorAttr.Wrapped(x + 1)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pair = self.ReturnsTuple()
+        self.wrapped = self.ReturnsWrapped()
+
+    def forward(self, x):
+        return self.wrapped(self.pair(x)[0]).tensor
+
+
+def test_tuple_outputs_and_tensor_attribute():
+    model = TupleAndTensorAttr()
+    features = Probe(model, GROUP, layers=["pair", "wrapped"]).orbit_features(IMAGES[:3])
+    assert torch.equal(features["pair"][0], IMAGES[:3] * 2)
+    assert torch.equal(features["wrapped"][1], torch.rot90(IMAGES[:3], 1, dims=(-2, -1)) * 2 + 1)
+
+
+def test_unknown_layer_lists_valid_names():
+    with pytest.raises(ValueError, match=r"Unknown layer 'backbone'.*'features.0'.*'head'"):
+        Probe(_model(), GROUP, layers=["backbone"])
+
+
+def test_module_run_twice_is_refused():
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(nn.Flatten(), shared, nn.ReLU(), shared)
+    with pytest.raises(RuntimeError, match="ran 2 times"):
+        Probe(model, CyclicRotation(2), layers=["1"]).orbit_features(torch.randn(3, 2, 2))
+
+
+def test_group_that_does_not_fit_fails_before_forward():
+    calls = []
+    model = nn.Flatten()
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(ValueError, match="square"):
+        Probe(model, GROUP).orbit_features(torch.randn(2, 1, 4, 6))
+    assert calls == []
+
+
+def test_measure_over_dataloader_matches_probe():
+    model = _model()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(IMAGES, torch.zeros(10)), batch_size=4)
+    results = measure(model, GROUP, loader, InvarianceDeviation(4), layers=["features.2", "output"], progress=False)
+    direct = InvarianceDeviation(4)
+    direct.update(Probe(model, GROUP).orbit_features(IMAGES)["output"])
+    assert results["output"].item() == pytest.approx(direct.compute().item(), rel=1e-6)
+    assert set(results) == {"features.2", "output"}
