@@ -10,6 +10,7 @@ from lightning_invariance.functional import (
     prediction_flip_rate,
 )
 from lightning_invariance.groups import CyclicRotation, SpatialAction, TrivialAction
+
 from references import reference_geed
 
 torch.manual_seed(42)

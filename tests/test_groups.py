@@ -143,7 +143,7 @@ def test_bad_constructor_arguments():
         Flip("diagonal")
     with pytest.raises(ValueError, match="added automatically"):
         ContinuousRotation(angles=[0.0, 10.0])
-    with pytest.raises(IndexError, match="0..3"):
+    with pytest.raises(IndexError, match=r"0\.\.3"):
         CyclicRotation(4).act(IMAGE, 4)
     with pytest.raises(ValueError, match="has 8 elements"):
         SpatialAction(Dihedral(4)).check_group(CyclicRotation(4))

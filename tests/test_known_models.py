@@ -5,6 +5,7 @@ import torch
 
 from lightning_invariance import EquivarianceDeviation, InvarianceDeviation, Probe
 from lightning_invariance.groups import CyclicRotation, RegularAction, TrivialAction
+
 from models import C4Averaged, SmallCNN
 
 GROUP = CyclicRotation(4)
@@ -55,7 +56,9 @@ def test_e2cnn_regular_fields_are_equivariant_under_the_regular_action_only():
     regular = EquivarianceDeviation(RegularAction(GROUP), len(GROUP), normalize=True)
     trivial = EquivarianceDeviation(TrivialAction(), len(GROUP), normalize=True)
     Probe(wrapper, GROUP, layers=["net"]).update(_images(16, 13), {"net": [regular, trivial]})
-    print(f"e2cnn C4 regular fields: regular action {regular.compute().item():.3g}, "
-          f"trivial action {trivial.compute().item():.3g}")
+    print(
+        f"e2cnn C4 regular fields: regular action {regular.compute().item():.3g}, "
+        f"trivial action {trivial.compute().item():.3g}"
+    )
     assert regular.compute().item() < 1e-4
     assert trivial.compute().item() > 0.1

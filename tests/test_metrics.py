@@ -7,6 +7,7 @@ from torchmetrics import MetricCollection
 
 from lightning_invariance.groups import CyclicRotation, SpatialAction
 from lightning_invariance.metrics import EquivarianceDeviation, InvarianceDeviation, PredictionConsistency
+
 from references import reference_geed, reference_per_element, reference_stderr
 
 torch.manual_seed(7)
@@ -118,8 +119,10 @@ def test_batch_of_one_is_skipped_by_normalizer_only():
     with pytest.warns(UserWarning, match="two or more samples"):
         assert math.isnan(metric.compute().item())
     metric.update(BATCHES[0])
-    expected = reference_geed(BATCHES[:2], normalize=False) / reference_geed([BATCHES[0]], normalize=False) * (
-        reference_geed([BATCHES[0]], normalize=True)
+    expected = (
+        reference_geed(BATCHES[:2], normalize=False)
+        / reference_geed([BATCHES[0]], normalize=False)
+        * (reference_geed([BATCHES[0]], normalize=True))
     )
     assert metric.compute().item() == pytest.approx(expected, rel=1e-9)
 

@@ -4,6 +4,7 @@ from torch import nn
 
 from lightning_invariance import InvarianceDeviation, Probe, measure
 from lightning_invariance.groups import CyclicRotation
+
 from models import SmallCNN
 
 torch.manual_seed(3)
