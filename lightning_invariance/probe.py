@@ -191,7 +191,7 @@ def _device_of(model: nn.Module, x: Tensor) -> torch.device:
 
 @contextlib.contextmanager
 def _measuring(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Eval mode, no autograd and a private RNG stream; each module's train flag restored on the way out."""
+    """Eval mode, no autograd and a private RNG stream; each module's train/eval mode restored on the way out."""
     modes = [(module, module.training) for module in model.modules()]
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     try:
@@ -199,8 +199,18 @@ def _measuring(model: nn.Module, device: torch.device) -> Iterator[None]:
             model.eval()
             yield
     finally:
-        for module, training in modes:
-            module.training = training
+        restore_modes(modes)
+
+
+def restore_modes(modes: Sequence[tuple[nn.Module, bool]]) -> None:
+    """Give each module back its mode through ``train()``, parents first.
+
+    Going through ``train()`` rather than setting ``.training`` lets modules that keep mode-dependent state undo it
+    (e2cnn's ``R2Conv`` builds a ``filter`` buffer in eval mode and drops it in train mode).
+    """
+    for module, training in modes:  # model.modules() lists parents before their children
+        if module.training != training:
+            module.train(training)
 
 
 @contextlib.contextmanager

@@ -150,3 +150,24 @@ def test_measure_over_dataloader_matches_probe():
     direct.update(Probe(model, GROUP).orbit_features(IMAGES)["output"])
     assert results["output"].item() == pytest.approx(direct.compute().item(), rel=1e-6)
     assert set(results) == {"features.2", "output"}
+
+
+def test_e2cnn_model_in_train_mode_keeps_its_state_dict_keys():
+    e2cnn = pytest.importorskip("e2cnn")
+    gspace = e2cnn.gspaces.Rot2dOnR2(4)
+    in_type = e2cnn.nn.FieldType(gspace, [gspace.trivial_repr])
+    conv = e2cnn.nn.R2Conv(in_type, e2cnn.nn.FieldType(gspace, 2 * [gspace.regular_repr]), kernel_size=3, padding=1)
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x):
+            return self.conv(e2cnn.nn.GeometricTensor(x, in_type))
+
+    model = Wrapper().train()
+    keys = set(model.state_dict())
+    Probe(model, GROUP, layers=["conv"]).orbit_features(IMAGES[:4])
+    assert model.training and model.conv.training
+    assert set(model.state_dict()) == keys  # eval mode's cached filter is gone again
