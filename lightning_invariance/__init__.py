@@ -1,5 +1,6 @@
 """lightning_invariance: measure how invariant or equivariant a network is, and track it while it trains."""
 
+from lightning_invariance.callbacks import InvarianceMonitor
 from lightning_invariance.functional import (
     equivariance_deviation,
     invariance_deviation,
@@ -16,6 +17,7 @@ __all__ = [
     "OUTPUT",
     "EquivarianceDeviation",
     "InvarianceDeviation",
+    "InvarianceMonitor",
     "PredictionConsistency",
     "Probe",
     "__version__",

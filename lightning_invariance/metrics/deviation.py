@@ -101,24 +101,28 @@ class _DeviationMetric(Metric):
         """Every statistic at once, synchronised across processes like :meth:`compute`.
 
         Returns a dict with ``geed`` (raw), ``geed_normalized`` (NaN without pairs), ``stderr`` (standard error of
-        the raw G-EED over samples), ``max`` (the largest single distance), ``per_element`` (raw G-EED of each group
-        element, shape ``(|G|,)``), ``num_samples`` and ``num_skipped``.
+        the raw G-EED over samples), ``max`` (the largest single distance), ``per_element`` and
+        ``per_element_normalized`` (the G-EED of each group element, shape ``(|G|,)``), ``pair_mean`` (the
+        normaliser: mean distance between different inputs), ``num_samples`` and ``num_skipped``. Unlike
+        :meth:`compute` it does not warn when empty: every value is then NaN (counts 0).
         """
         with self.sync_context(
             dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
         ):
             n = self.num_samples
-            empty = float(n) == 0
             nan = torch.tensor(float("nan"), dtype=torch.float64, device=n.device)
-            pairs = float(self.pair_count) > 0
+            empty = float(n) == 0
+            pair_mean = self.pair_sum / self.pair_count if float(self.pair_count) > 0 else nan
+            per_element = self.element_sum / n if not empty else self.element_sum * float("nan")
+            geed = _deviation_compute(self.element_sum, n, self.pair_sum, self.pair_count, False)
             return {
-                "geed": _deviation_compute(self.element_sum, n, self.pair_sum, self.pair_count, False),
-                "geed_normalized": _deviation_compute(self.element_sum, n, self.pair_sum, self.pair_count, True)
-                if pairs and not empty
-                else nan,
+                "geed": geed,
+                "geed_normalized": geed / pair_mean,
                 "stderr": _standard_error(self.element_sum, self.sample_sq_sum, n),
                 "max": nan if empty else self.max_deviation.clone(),
-                "per_element": self.element_sum / n if not empty else self.element_sum * float("nan"),
+                "per_element": per_element,
+                "per_element_normalized": per_element / pair_mean,
+                "pair_mean": pair_mean.clone(),
                 "num_samples": n.clone(),
                 "num_skipped": self.num_skipped.clone(),
             }

@@ -1,0 +1,5 @@
+"""Lightning callbacks."""
+
+from lightning_invariance.callbacks.invariance_monitor import InvarianceMonitor
+
+__all__ = ["InvarianceMonitor"]
