@@ -49,8 +49,8 @@ def to_distance_space(features: Tensor, distance: str, apply_softmax: bool) -> T
                 f"or probabilities with apply_softmax=False), but got dtype {features.dtype} and shape "
                 f"{tuple(features.shape)}."
             )
-        if apply_softmax:
-            return torch.log_softmax(features, dim=-1)
+        if apply_softmax:  # float64: KL of near-equal distributions is second order, float32 logs are not
+            return torch.log_softmax(features.to(torch.float64), dim=-1)
         sums = features.sum(-1)
         if bool((features < 0).any()) or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
             raise ValueError(
@@ -58,7 +58,7 @@ def to_distance_space(features: Tensor, distance: str, apply_softmax: bool) -> T
                 f"last axis); got values in [{features.min().item():.4g}, {features.max().item():.4g}] with sums in "
                 f"[{sums.min().item():.4g}, {sums.max().item():.4g}]. Pass logits with apply_softmax=True instead."
             )
-        return torch.log(features)
+        return torch.log(features.to(torch.float64))
     if distance == "discrete":
         if features.ndim == 2 and not features.is_floating_point() and not features.is_complex():
             return features
