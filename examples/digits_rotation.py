@@ -30,6 +30,8 @@ def train(augment: bool, epochs: int, logdir: Path, seed: int = 0, quiet: bool =
     train_loader, val_loader = loaders(seed)
     model = DigitsClassifier(small_cnn(), augment=augment)
     name = "augmented" if augment else "plain"
+    if not quiet:
+        print(f"\n=== Training the {name} model ({'random 90-degree rotations' if augment else 'no augmentation'}) ===")
     monitor = InvarianceMonitor(
         CyclicRotation(4),
         layers=LAYERS,

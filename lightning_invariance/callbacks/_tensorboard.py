@@ -24,7 +24,7 @@ def figure_of_per_element_scores(
     from matplotlib.figure import Figure
 
     width = 0.8 / max(1, len(per_layer))
-    figure = Figure(figsize=(max(4.0, 0.9 * len(element_names) + 2), 3.2), layout="constrained")
+    figure = Figure(figsize=(max(5.0, 0.9 * len(element_names) + 3.5), 3.2), layout="constrained")
     axes = figure.subplots()
     for index, (layer, values) in enumerate(per_layer.items()):
         positions = [k + (index - (len(per_layer) - 1) / 2) * width for k in range(len(element_names))]
@@ -32,6 +32,6 @@ def figure_of_per_element_scores(
     axes.set_xticks(range(len(element_names)), list(element_names), rotation=30, ha="right")
     axes.set_ylabel(ylabel)
     axes.set_title(title, fontsize=10)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     axes.grid(axis="y", alpha=0.3)
     return figure
