@@ -17,7 +17,7 @@ __all__ = ["OUTPUT", "Probe", "features_of", "resolve_layers"]
 #: The layer name that denotes the model's own output.
 OUTPUT = "output"
 
-Consumer = Callable[[dict[str, Tensor]], None]
+Consumer = Callable[[str, Tensor], None]
 
 
 def features_of(value: Any, layer: str) -> Tensor:
@@ -42,7 +42,9 @@ class Probe:
 
     The whole orbit of a chunk of samples runs through the model in one forward pass (``|G| x n`` inputs, with
     ``n = max(1, chunk_size // |G|)``), the named layers are captured with forward hooks, and each chunk's features
-    go to the metrics before the next chunk runs, so memory is bounded by ``chunk_size``. During the pass the model
+    go to the metrics from inside the hook, before the forward pass goes on: no copies, one layer's features held at a
+    time (so a later in-place operation such as ``ReLU(inplace=True)`` cannot change them), and memory bounded by
+    ``chunk_size``. During the pass the model
     is in eval mode under ``torch.no_grad()``; afterwards its modules' train/eval flags, its hooks and the global
     torch RNG states are as before, even when the model raises.
 
@@ -52,8 +54,6 @@ class Probe:
         layers: module paths as in ``model.named_modules()`` (e.g. ``"features.2"``); ``"output"`` is the model's
             output.
         chunk_size: most inputs (transformed copies included) in one forward pass.
-        clone_features: copy captured activations at once, so an in-place operation later in the forward (e.g.
-            ``ReLU(inplace=True)``) cannot change them. Only the model output is never copied.
 
     Example:
         >>> import torch
@@ -70,7 +70,6 @@ class Probe:
         group: Group,
         layers: Sequence[str] = (OUTPUT,),
         chunk_size: int = 1024,
-        clone_features: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}.")
@@ -86,7 +85,7 @@ class Probe:
             raise ValueError(f"Expected `chunk_size` to be a positive int, but got {chunk_size!r}.")
         self.model, self.group = model, group
         self.layers = list(layers)
-        self.chunk_size, self.clone_features = chunk_size, clone_features
+        self.chunk_size = chunk_size
         self._modules = resolve_layers(model, self.layers)
 
     @property
@@ -97,12 +96,7 @@ class Probe:
     def orbit_features(self, x: Tensor) -> dict[str, Tensor]:
         """Orbit features of every layer for the batch ``x``: ``{layer: (|G|, N, ...)}``, identity first."""
         parts: dict[str, list[Tensor]] = {name: [] for name in self.layers}
-
-        def collect(features: dict[str, Tensor]) -> None:
-            for name, value in features.items():
-                parts[name].append(value)
-
-        self.run(x, collect)
+        self.run(x, lambda name, features: parts[name].append(features.clone()))
         return {name: torch.cat(chunks, dim=1) for name, chunks in parts.items()}
 
     def update(self, x: Tensor, metrics: Mapping[str, Metric | MetricCollection | Iterable[Metric]]) -> None:
@@ -110,51 +104,61 @@ class Probe:
         unknown = sorted(set(metrics) - set(self.layers))
         if unknown:
             raise KeyError(f"metrics are given for layers {unknown} that this probe does not capture {self.layers}.")
+        targets = {
+            name: [value] if isinstance(value, (Metric, MetricCollection)) else list(value)
+            for name, value in metrics.items()
+        }
 
-        def feed(features: dict[str, Tensor]) -> None:
-            for name, targets in metrics.items():
-                for metric in [targets] if isinstance(targets, (Metric, MetricCollection)) else targets:
-                    metric.update(features[name])
+        def feed(name: str, features: Tensor) -> None:
+            for metric in targets.get(name, ()):
+                metric.update(features)
 
         self.run(x, feed)
 
     def run(self, x: Tensor, consume: Consumer) -> None:
-        """Call ``consume({layer: (|G|, n, ...)})`` for each chunk of samples of ``x``."""
+        """Call ``consume(layer, features)`` with ``(|G|, n, ...)`` features for each layer and chunk of ``x``.
+
+        ``consume`` runs inside the layer's forward hook, before the rest of the forward pass, so the features need
+        no copy (a later in-place operation cannot have changed them yet) and only one layer's features are held at
+        a time. They are valid during the call only: clone what you keep.
+        """
         if not isinstance(x, Tensor):
             raise TypeError(f"Expected the input batch to be a torch.Tensor, but got {type(x).__name__}.")
         if x.ndim < 1 or x.shape[0] == 0:
             raise ValueError(f"Expected a non-empty batch with the sample axis first, got shape {tuple(x.shape)}.")
         self.group.act(x[:1], 0)  # shape check before any forward pass
         device = _device_of(self.model, x)
-        num_elements = len(self.group)
-        captured: dict[str, list[Tensor]] = {name: [] for name in self.layers}
-        with _measuring(self.model, device), _hooks(self._modules, captured, self.clone_features):
+        calls = dict.fromkeys(self.layers, 0)
+        chunk_inputs = [0]
+
+        def capture(name: str, output: Any) -> None:
+            calls[name] += 1
+            if calls[name] > 1:
+                raise RuntimeError(
+                    f"Layer {name!r} ran {calls[name]} times in one forward pass; the probe captures modules that run "
+                    "exactly once per forward (a module reused in a loop cannot be told apart). Capture another one."
+                )
+            value = features_of(output, name).detach()
+            if value.ndim == 0 or value.shape[0] != chunk_inputs[0]:
+                raise RuntimeError(
+                    f"Layer {name!r} returned shape {tuple(value.shape)} for a forward pass of {chunk_inputs[0]} "
+                    "inputs; the probe needs the sample axis first and one row per input."
+                )
+            consume(name, value.unflatten(0, (len(self.group), -1)))
+
+        with _measuring(self.model, device), _hooks(self._modules, capture):
             for start in range(0, x.shape[0], self.samples_per_chunk):
                 chunk = x[start : start + self.samples_per_chunk].to(device)
                 orbit = self.group.orbit(chunk).flatten(0, 1)
-                for values in captured.values():
-                    values.clear()
+                chunk_inputs[0] = orbit.shape[0]
+                calls.update(dict.fromkeys(calls, 0))
                 self.model(orbit)
-                consume(
-                    {
-                        name: self._take(name, values, orbit.shape[0]).unflatten(0, (num_elements, -1))
-                        for name, values in captured.items()
-                    }
-                )
-
-    def _take(self, name: str, values: list[Tensor], batch_size: int) -> Tensor:
-        if len(values) != 1:
-            raise RuntimeError(
-                f"Layer {name!r} ran {len(values)} times in one forward pass; the probe captures modules that run "
-                "exactly once per forward (a module reused in a loop cannot be told apart). Capture another module."
-            )
-        value = values[0]
-        if value.ndim == 0 or value.shape[0] != batch_size:
-            raise RuntimeError(
-                f"Layer {name!r} returned shape {tuple(value.shape)} for a forward pass of {batch_size} inputs; "
-                "the probe needs the sample axis first and one row per input."
-            )
-        return value
+                silent = [name for name, count in calls.items() if count == 0]
+                if silent:
+                    raise RuntimeError(
+                        f"Layer(s) {silent} did not run during the forward pass, so nothing was "
+                        "captured; check the module paths against the model's forward."
+                    )
 
 
 def resolve_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
@@ -214,20 +218,18 @@ def restore_modes(modes: Sequence[tuple[nn.Module, bool]]) -> None:
 
 
 @contextlib.contextmanager
-def _hooks(modules: Mapping[str, nn.Module], captured: dict[str, list[Tensor]], clone: bool) -> Iterator[None]:
+def _hooks(modules: Mapping[str, nn.Module], capture: Callable[[str, Any], None]) -> Iterator[None]:
     handles = []
 
-    def hook_for(name: str, copy: bool) -> Callable[..., None]:
+    def hook_for(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            value = features_of(output, name).detach()
-            captured[name].append(value.clone() if copy else value)
+            capture(name, output)
 
         return hook
 
     try:
         for name, module in modules.items():
-            is_output = name in (OUTPUT, "")
-            handles.append(module.register_forward_hook(hook_for(name, clone and not is_output)))
+            handles.append(module.register_forward_hook(hook_for(name)))
         yield
     finally:
         for handle in handles:

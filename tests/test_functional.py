@@ -156,3 +156,32 @@ def test_equivariance_rejects_action_that_changes_shape():
     group = CyclicRotation(4)
     with pytest.raises(ValueError, match="square"):
         equivariance_deviation(torch.randn(4, 2, 3, 5, 6), SpatialAction(group))
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine", "kl", "discrete"])
+def test_all_pairs_by_gram_matrix_equals_elementwise_pairs(distance):
+    from lightning_invariance.functional.distances import _shifted_pairs_sum, pair_distance_sums, to_distance_space
+
+    features = torch.randn(1, 9, 6, dtype=torch.float64)
+    features[0, 3] = 0.0  # a zero vector (cosine's special case)
+    space = to_distance_space(features, distance, apply_softmax=True)[0]
+    total, count = pair_distance_sums(space, distance, max_pairs=10_000)
+    assert count.item() == 72
+    assert total.item() == pytest.approx(_shifted_pairs_sum(space, distance, 8).item(), rel=1e-10, abs=1e-12)
+
+
+def test_kl_pairs_with_zero_probabilities():
+    probs = torch.tensor([[[0.5, 0.5, 0.0], [0.2, 0.3, 0.5], [0.0, 0.0, 1.0]]], dtype=torch.float64)
+    value = invariance_deviation(probs.expand(2, 3, 3), distance="kl", apply_softmax=False, normalize=True)
+    assert value.item() == 0.0  # identical orbit; the normaliser is infinite (zero probabilities), not NaN
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_features_found_for_cosine(bad):
+    orbit = torch.randn(3, 4, 5, dtype=torch.float64)
+    orbit[1, 2, 3] = bad
+    with pytest.raises(ValueError, match="1 of 4 samples"):
+        invariance_deviation(orbit, distance="cosine")
+    with pytest.warns(UserWarning, match="Skipping 1 of 4"):
+        skipped = invariance_deviation(orbit, distance="cosine", nan_strategy="skip")
+    assert skipped.item() == pytest.approx(reference_geed([orbit[:, [0, 1, 3]]], "cosine"), rel=1e-9)

@@ -171,3 +171,28 @@ def test_e2cnn_model_in_train_mode_keeps_its_state_dict_keys():
     Probe(model, GROUP, layers=["conv"]).orbit_features(IMAGES[:4])
     assert model.training and model.conv.training
     assert set(model.state_dict()) == keys  # eval mode's cached filter is gone again
+
+
+def test_update_in_hook_sees_features_before_inplace_ops():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 5), nn.ReLU(inplace=True), nn.Linear(5, 3)).eval()
+    probe = Probe(model, GROUP, layers=["1", "output"], chunk_size=8)
+    metric = InvarianceDeviation(4, normalize=True)
+    probe.update(IMAGES, {"1": metric})
+    expected = InvarianceDeviation(4, normalize=True)
+    for chunk in probe.orbit_features(IMAGES)["1"].split(2, dim=1):  # chunks of 8 // 4 = 2 samples
+        expected.update(chunk)
+    assert metric.compute().item() == pytest.approx(expected.compute().item(), rel=1e-12)
+
+
+def test_layer_that_never_runs_is_reported():
+    class Skips(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Flatten(), nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.used(x)
+
+    with pytest.raises(RuntimeError, match=r"\['unused'\] did not run"):
+        Probe(Skips(), GROUP, layers=["unused"]).orbit_features(IMAGES[:2])

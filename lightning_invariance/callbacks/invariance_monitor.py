@@ -341,7 +341,7 @@ class InvarianceMonitor(Callback):
         assert self._probe is not None
         metrics = {layer: self._scores[(dataloader_idx, layer)] for layer in self.layers}
         try:
-            self._probe.run(inputs, lambda features: [metrics[name].update(f) for name, f in features.items()])
+            self._probe.run(inputs, lambda name, features: metrics[name].update(features))
         except ValueError as error:
             raise MisconfigurationException(
                 f"InvarianceMonitor could not measure inputs of shape {tuple(inputs.shape)} from dataloader "

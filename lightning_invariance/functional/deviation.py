@@ -83,9 +83,25 @@ def _deviation_update(
             f"reference={reference!r} is defined for invariance only; with a non-trivial action {action!r} the "
             "reference is the untransformed representation moved by the action: use reference='identity'."
         )
-    orbit, num_skipped = _drop_non_finite(orbit_features, nan_strategy)
+    orbit, num_skipped = orbit_features, 0
+    if distance in ("kl", "discrete"):  # class scores are small, and argmax or a probability check hides NaN
+        orbit, num_skipped = _drop_non_finite(orbit, nan_strategy)
+    distances, space = _distances(orbit, distance, reference, apply_softmax, action if equivariant else None)
+    if distance not in ("kl", "discrete") and not bool(torch.isfinite(distances).all()):
+        # only now look at every feature value: a NaN or inf feature makes its sample's distances non-finite
+        orbit, num_skipped = _drop_non_finite(orbit, nan_strategy)
+        if num_skipped:
+            distances, space = _distances(orbit, distance, reference, apply_softmax, action)
+    pair_sum, pair_count = pair_distance_sums(space[0], distance, max_normalizer_pairs)
+    return distances, pair_sum, pair_count, num_skipped
+
+
+def _distances(
+    orbit: Tensor, distance: str, reference: str, apply_softmax: bool, action: RepresentationAction | None
+) -> tuple[Tensor, Tensor]:
+    """``(|G|, N)`` distances to the reference (or to the action's image of ``f(x)``), and the distance space."""
     space = to_distance_space(orbit, distance, apply_softmax)
-    if equivariant:
+    if action is not None and not action.trivial:
         moved = torch.stack([action.act(orbit[0], k) for k in range(orbit.shape[0])])
         if moved.shape != orbit.shape:
             raise ValueError(
@@ -95,9 +111,7 @@ def _deviation_update(
         target = to_distance_space(moved, distance, apply_softmax)
     else:
         target = orbit_reference(space, distance, reference)
-    distances = per_sample_distance(space, target, distance)
-    pair_sum, pair_count = pair_distance_sums(space[0], distance, max_normalizer_pairs)
-    return distances, pair_sum, pair_count, num_skipped
+    return per_sample_distance(space, target, distance), space
 
 
 def _deviation_compute(

@@ -116,21 +116,59 @@ def per_sample_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
 def pair_distance_sums(space: Tensor, distance: str, max_pairs: int) -> tuple[Tensor, Tensor]:
     """Sum and count of ``m(f(x_i), f(x_j))`` over ordered pairs ``i != j`` of a batch ``(N, ...)`` in distance space.
 
-    All ``N (N - 1)`` ordered pairs when that is at most ``max_pairs``; otherwise the pairs ``(i, i + s mod N)`` for
-    the shifts ``s = 1 .. max(1, max_pairs // N)``: a fixed, linear-cost subset in which every sample appears equally
-    often on each side. Fewer than two samples give ``(0, 0)``.
+    All ``N (N - 1)`` ordered pairs when that is at most ``max_pairs`` (computed through Gram matrices in float64);
+    otherwise the pairs ``(i, i + s mod N)`` for the shifts ``s = 1 .. max(1, max_pairs // N)``: a fixed,
+    linear-cost subset in which every sample appears equally often on each side. Fewer than two samples give
+    ``(0, 0)``.
     """
     n = space.shape[0]
     zero = torch.zeros((), dtype=torch.float64, device=space.device)
     if n < 2:
         return zero, zero.clone()
-    num_shifts = n - 1 if n * (n - 1) <= max_pairs else max(1, max_pairs // n)
-    values_per_shift = max(1, space[0].numel()) * n
-    block = max(1, _PAIR_BLOCK_VALUES // values_per_shift)
-    total = zero.clone()
+    if n * (n - 1) <= max_pairs:
+        total = _all_pairs_sum(space, distance)
+        if total is not None:
+            return total, torch.tensor(float(n * (n - 1)), dtype=torch.float64, device=space.device)
+        num_shifts = n - 1
+    else:
+        num_shifts = max(1, max_pairs // n)
+    return _shifted_pairs_sum(space, distance, num_shifts), torch.tensor(
+        float(n * num_shifts), dtype=torch.float64, device=space.device
+    )
+
+
+def _all_pairs_sum(space: Tensor, distance: str) -> Tensor | None:
+    """Sum over all ordered pairs ``i != j`` by Gram matrices; ``None`` where that form does not apply."""
+    if distance == "discrete":
+        return (space.unsqueeze(0) != space.unsqueeze(1)).sum().to(torch.float64)
+    x = space.to(torch.float64)
+    if distance == "kl":
+        if bool(torch.isinf(x).any()):  # zero probabilities: 0 * log 0 terms need the element-wise form
+            return None
+        probs = x.exp()
+        entropy_terms = (probs * x).sum(-1)  # sum_c p_ic log p_ic
+        # KL(p_i || p_j) = sum_c p_ic log p_ic - sum_c p_ic log p_jc; the diagonal is zero
+        return x.shape[0] * entropy_terms.sum() - (probs @ x.T).sum()
+    squared_norms = (x * x).sum(-1)
+    gram = x @ x.T
+    if distance == "euclidean":
+        squared = (squared_norms.unsqueeze(0) + squared_norms.unsqueeze(1) - 2 * gram).clamp_min(0.0)
+        return squared.fill_diagonal_(0.0).sqrt().sum()
+    norms = squared_norms.sqrt()
+    cos = gram / (norms.unsqueeze(0) * norms.unsqueeze(1)).clamp_min(torch.finfo(torch.float64).tiny)
+    zero = norms == 0
+    both_zero = zero.unsqueeze(0) & zero.unsqueeze(1)
+    return torch.where(both_zero, 0.0, 1.0 - cos.clamp(-1.0, 1.0)).fill_diagonal_(0.0).sum()
+
+
+def _shifted_pairs_sum(space: Tensor, distance: str, num_shifts: int) -> Tensor:
+    """Sum of ``m(f(x_i), f(x_{i+s mod N}))`` for ``s = 1 .. num_shifts``, gathered in bounded blocks."""
+    n = space.shape[0]
+    block = max(1, _PAIR_BLOCK_VALUES // (max(1, space[0].numel()) * n))
+    total = torch.zeros((), dtype=torch.float64, device=space.device)
     rows = torch.arange(n, device=space.device)
     for start in range(1, num_shifts + 1, block):
         shifts = torch.arange(start, min(start + block, num_shifts + 1), device=space.device)
         partners = space[(rows.unsqueeze(0) + shifts.unsqueeze(1)) % n]
         total = total + per_sample_distance(space.unsqueeze(0), partners, distance).sum()
-    return total, torch.tensor(float(n * num_shifts), dtype=torch.float64, device=space.device)
+    return total
