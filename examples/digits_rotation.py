@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
-from _digits import DigitsClassifier, loaders, small_cnn
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_invariance import InvarianceMonitor
 from lightning_invariance.groups import CyclicRotation
+
+from _digits import DigitsClassifier, loaders, small_cnn
 
 INNER = "net.features.relu2"
 LAYERS = [INNER, "net.embedding", "output"]

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from _digits import DigitsClassifier, loaders, small_cnn
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
 from lightning_invariance import InvarianceMonitor
 from lightning_invariance.groups import CyclicRotation, RegularAction, SpatialAction
+
+from _digits import DigitsClassifier, loaders, small_cnn
 
 C4 = CyclicRotation(4)
 

@@ -6,7 +6,6 @@ python examples/standalone_metrics.py
 from __future__ import annotations
 
 import torch
-from _digits import digits_datasets, small_cnn
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
@@ -19,6 +18,8 @@ from lightning_invariance import (
     measure,
 )
 from lightning_invariance.groups import CyclicRotation, Permutation, SpatialAction
+
+from _digits import digits_datasets, small_cnn
 
 
 class RotationAveraged(nn.Module):

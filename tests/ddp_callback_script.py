@@ -36,6 +36,8 @@ def main(out_dir: str, devices: int) -> None:
     (results,) = trainer.validate(model, verbose=False)
     if trainer.is_global_zero:
         Path(out_dir, f"results_{devices}.json").write_text(json.dumps(results))
+    if torch.distributed.is_initialized():  # gloo aborts at interpreter exit if its group is still alive
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

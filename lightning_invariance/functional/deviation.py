@@ -11,9 +11,9 @@ from lightning_invariance.functional.distances import (
     DISTANCES,
     REFERENCES,
     check_choice,
+    element_distances,
     orbit_reference,
     pair_distance_sums,
-    per_sample_distance,
     to_distance_space,
 )
 from lightning_invariance.groups.actions import RepresentationAction
@@ -21,8 +21,8 @@ from lightning_invariance.groups.actions import RepresentationAction
 __all__ = ["DEFAULT_MAX_NORMALIZER_PAIRS", "NAN_STRATEGIES", "equivariance_deviation", "invariance_deviation"]
 
 NAN_STRATEGIES = ("error", "skip")
-#: Batches with more ordered pairs than this use a fixed linear-cost subset of pairs for the normaliser.
-DEFAULT_MAX_NORMALIZER_PAIRS = 16384
+#: Batches with more ordered pairs than this pair up an evenly spaced subset of 64 samples for the normaliser.
+DEFAULT_MAX_NORMALIZER_PAIRS = 4096
 
 
 def _check_orbit(orbit_features: Tensor, num_elements: int | None) -> None:
@@ -101,17 +101,19 @@ def _distances(
 ) -> tuple[Tensor, Tensor]:
     """``(|G|, N)`` distances to the reference (or to the action's image of ``f(x)``), and the distance space."""
     space = to_distance_space(orbit, distance, apply_softmax)
-    if action is not None and not action.trivial:
-        moved = torch.stack([action.act(orbit[0], k) for k in range(orbit.shape[0])])
-        if moved.shape != orbit.shape:
+    if action is None or action.trivial:
+        return element_distances(space, orbit_reference(space, distance, reference), distance), space
+
+    def moved(k: int) -> Tensor:
+        image = action.act(orbit[0], k)
+        if image.shape != orbit.shape[1:]:
             raise ValueError(
                 f"{action!r} changed the representation's shape from {tuple(orbit.shape[1:])} to "
-                f"{tuple(moved.shape[1:])}; an action must map a representation to one of the same shape."
+                f"{tuple(image.shape)}; an action must map a representation to one of the same shape."
             )
-        target = to_distance_space(moved, distance, apply_softmax)
-    else:
-        target = orbit_reference(space, distance, reference)
-    return per_sample_distance(space, target, distance), space
+        return to_distance_space(image.unsqueeze(0), distance, apply_softmax)[0]
+
+    return element_distances(space, moved, distance), space
 
 
 def _deviation_compute(
@@ -169,7 +171,8 @@ def invariance_deviation(
         normalize: divide by the mean distance between different inputs.
         apply_softmax: for ``kl``, treat the features as logits; ``False`` when they already are probabilities.
         nan_strategy: ``"error"`` on NaN/inf features, or ``"skip"`` such samples with a warning.
-        max_normalizer_pairs: pair budget of the normaliser per batch (all pairs below it).
+        max_normalizer_pairs: pair budget of the normaliser per batch: all ordered pairs of a batch up to it,
+            else all pairs among the largest evenly spaced subset that fits (64 samples at the default).
 
     Example:
         >>> import torch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -11,6 +12,7 @@ __all__ = [
     "DISTANCES",
     "REFERENCES",
     "check_choice",
+    "element_distances",
     "orbit_reference",
     "pair_distance_sums",
     "per_sample_distance",
@@ -22,6 +24,8 @@ REFERENCES = ("centroid", "identity")
 
 # Gather at most this many feature values at once when pairing samples for the normaliser.
 _PAIR_BLOCK_VALUES = 1 << 24
+# Orbits of at most this many values are compared in one broadcast; larger ones element by element.
+_BROADCAST_VALUES = 1 << 16
 
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -98,10 +102,10 @@ def per_sample_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
         return (a != b).to(torch.float64)
     if distance == "euclidean":
         return torch.linalg.vector_norm(a - b, dim=-1).to(torch.float64)
-    if distance == "cosine":
-        a64, b64 = a.to(torch.float64), b.to(torch.float64)
-        norm_a, norm_b = torch.linalg.vector_norm(a64, dim=-1), torch.linalg.vector_norm(b64, dim=-1)
-        dot = (a64 * b64).sum(-1)
+    if distance == "cosine":  # reductions in the features' precision, the ratio in float64
+        norm_a = torch.linalg.vector_norm(a, dim=-1).to(torch.float64)
+        norm_b = torch.linalg.vector_norm(b, dim=-1).to(torch.float64)
+        dot = (a * b).sum(-1).to(torch.float64)
         cos = dot / (norm_a * norm_b).clamp_min(torch.finfo(torch.float64).tiny)
         both_zero = (norm_a == 0) & (norm_b == 0)
         return torch.where(both_zero, torch.zeros_like(cos), 1.0 - cos.clamp(-1.0, 1.0))
@@ -113,52 +117,68 @@ def per_sample_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
     raise AssertionError("unreachable")
 
 
+def element_distances(space: Tensor, targets: Tensor | Callable[[int], Tensor], distance: str) -> Tensor:
+    """``(|G|, N)`` float64 distances between ``space[g]`` and its target, one group element at a time when large.
+
+    ``targets`` broadcasts against ``space`` (e.g. the ``(1, N, ...)`` centroid), or is a function of the element
+    index. Large orbits go element by element: each temporary is ``|G|`` times smaller, which on CPU is several
+    times faster than one broadcast over the whole orbit.
+    """
+    if not callable(targets) and space.numel() <= _BROADCAST_VALUES:
+        return per_sample_distance(space, targets, distance)
+    rows = []
+    for k in range(space.shape[0]):
+        target = targets(k) if callable(targets) else targets[k if targets.shape[0] > 1 else 0]
+        rows.append(per_sample_distance(space[k], target, distance))
+    return torch.stack(rows)
+
+
 def pair_distance_sums(space: Tensor, distance: str, max_pairs: int) -> tuple[Tensor, Tensor]:
     """Sum and count of ``m(f(x_i), f(x_j))`` over ordered pairs ``i != j`` of a batch ``(N, ...)`` in distance space.
 
-    All ``N (N - 1)`` ordered pairs when that is at most ``max_pairs`` (computed through Gram matrices in float64);
-    otherwise the pairs ``(i, i + s mod N)`` for the shifts ``s = 1 .. max(1, max_pairs // N)``: a fixed,
-    linear-cost subset in which every sample appears equally often on each side. Fewer than two samples give
-    ``(0, 0)``.
+    All ``N (N - 1)`` ordered pairs when that is at most ``max_pairs``; otherwise all ordered pairs among ``m``
+    evenly spaced samples of the batch, the largest ``m`` with ``m (m - 1) <= max_pairs``. Evenly spaced rather
+    than the first ``m``, so a batch sorted by class still yields pairs across classes; the cost is that of one
+    ``m x m`` Gram matrix whatever ``N`` is. Fewer than two samples give ``(0, 0)``.
     """
     n = space.shape[0]
     zero = torch.zeros((), dtype=torch.float64, device=space.device)
     if n < 2:
         return zero, zero.clone()
-    if n * (n - 1) <= max_pairs:
-        total = _all_pairs_sum(space, distance)
-        if total is not None:
-            return total, torch.tensor(float(n * (n - 1)), dtype=torch.float64, device=space.device)
-        num_shifts = n - 1
-    else:
-        num_shifts = max(1, max_pairs // n)
-    return _shifted_pairs_sum(space, distance, num_shifts), torch.tensor(
-        float(n * num_shifts), dtype=torch.float64, device=space.device
-    )
+    m = n if n * (n - 1) <= max_pairs else max(2, math.floor((1 + math.sqrt(1 + 4 * max_pairs)) / 2))
+    if m < n:
+        space = space[torch.linspace(0, n - 1, m, device=space.device).round().long()]
+    total = _all_pairs_sum(space, distance)
+    if total is None:  # the element-wise form: pairs (i, i + s mod m) for every shift s
+        total = _shifted_pairs_sum(space, distance, m - 1)
+    return total, torch.tensor(float(m * (m - 1)), dtype=torch.float64, device=space.device)
 
 
 def _all_pairs_sum(space: Tensor, distance: str) -> Tensor | None:
-    """Sum over all ordered pairs ``i != j`` by Gram matrices; ``None`` where that form does not apply."""
+    """Sum over all ordered pairs ``i != j`` by Gram matrices; ``None`` where that form does not apply.
+
+    Computed in the features' precision (float32 features: float32 matrix products, float64 sums).
+    """
     if distance == "discrete":
         return (space.unsqueeze(0) != space.unsqueeze(1)).sum().to(torch.float64)
-    x = space.to(torch.float64)
+    x = space
     if distance == "kl":
         if bool(torch.isinf(x).any()):  # zero probabilities: 0 * log 0 terms need the element-wise form
             return None
         probs = x.exp()
         entropy_terms = (probs * x).sum(-1)  # sum_c p_ic log p_ic
         # KL(p_i || p_j) = sum_c p_ic log p_ic - sum_c p_ic log p_jc; the diagonal is zero
-        return x.shape[0] * entropy_terms.sum() - (probs @ x.T).sum()
+        return x.shape[0] * entropy_terms.sum(dtype=torch.float64) - (probs @ x.T).sum(dtype=torch.float64)
     squared_norms = (x * x).sum(-1)
     gram = x @ x.T
     if distance == "euclidean":
         squared = (squared_norms.unsqueeze(0) + squared_norms.unsqueeze(1) - 2 * gram).clamp_min(0.0)
-        return squared.fill_diagonal_(0.0).sqrt().sum()
+        return squared.fill_diagonal_(0.0).sqrt().sum(dtype=torch.float64)
     norms = squared_norms.sqrt()
-    cos = gram / (norms.unsqueeze(0) * norms.unsqueeze(1)).clamp_min(torch.finfo(torch.float64).tiny)
+    cos = gram / (norms.unsqueeze(0) * norms.unsqueeze(1)).clamp_min(torch.finfo(x.dtype).tiny)
     zero = norms == 0
     both_zero = zero.unsqueeze(0) & zero.unsqueeze(1)
-    return torch.where(both_zero, 0.0, 1.0 - cos.clamp(-1.0, 1.0)).fill_diagonal_(0.0).sum()
+    return torch.where(both_zero, 0.0, 1.0 - cos.clamp(-1.0, 1.0)).fill_diagonal_(0.0).sum(dtype=torch.float64)
 
 
 def _shifted_pairs_sum(space: Tensor, distance: str, num_shifts: int) -> Tensor:

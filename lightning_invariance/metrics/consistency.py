@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
+from lightning_invariance.functional.deviation import DEFAULT_MAX_NORMALIZER_PAIRS
 from lightning_invariance.metrics.deviation import _DeviationMetric
 
 __all__ = ["PredictionConsistency"]
@@ -43,7 +44,9 @@ class PredictionConsistency(_DeviationMetric):
     plot_upper_bound = 1.0
 
     def __init__(self, num_elements: int, reference: str = "identity", **kwargs: Any) -> None:
-        super().__init__(num_elements, "discrete", reference, False, True, "error", 16384, None, **kwargs)
+        super().__init__(
+            num_elements, "discrete", reference, False, True, "error", DEFAULT_MAX_NORMALIZER_PAIRS, None, **kwargs
+        )
 
     def compute(self) -> Tensor:
         """Fraction of (sample, element) predictions equal to the reference's."""

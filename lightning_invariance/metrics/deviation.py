@@ -83,15 +83,17 @@ class _DeviationMetric(Metric):
             action=self.action,
             num_elements=self.num_elements,
         )
+        # in-place updates: a plain `self.state += x` would go through nn.Module.__setattr__ on every batch
         distances = distances.to(self.element_sum.device)
-        self.element_sum += distances.sum(dim=1)
-        self.num_samples += distances.shape[1]
-        self.sample_sq_sum += distances.mean(dim=0).square().sum()
+        self.element_sum.add_(distances.sum(dim=1))
+        self.num_samples.add_(distances.shape[1])
+        self.sample_sq_sum.add_(distances.mean(dim=0).square().sum())
         if distances.numel():
-            self.max_deviation = torch.maximum(self.max_deviation, distances.max())
-        self.pair_sum += pair_sum.to(self.pair_sum.device)
-        self.pair_count += pair_count.to(self.pair_count.device)
-        self.num_skipped += num_skipped
+            torch.maximum(self.max_deviation, distances.max(), out=self.max_deviation)
+        self.pair_sum.add_(pair_sum.to(self.pair_sum.device))
+        self.pair_count.add_(pair_count.to(self.pair_count.device))
+        if num_skipped:
+            self.num_skipped.add_(num_skipped)
 
     def compute(self) -> Tensor:
         """The G-EED over everything seen since the last reset (normalised if ``normalize=True``)."""

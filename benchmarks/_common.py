@@ -1,0 +1,116 @@
+"""Shared by the benchmarks: models, timing (medians of repeats) and peak memory measured in a fresh process."""
+
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def tiny_mlp(size: int = 16) -> nn.Module:
+    """A two-layer MLP on flattened ``size x size`` images (about 8k parameters)."""
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(size * size, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)
+    )
+
+
+def small_cnn(width: int = 16) -> nn.Module:
+    """The examples' small CNN (3 convolutions, about 14k parameters)."""
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10),
+    )  # fmt: skip
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convolutions with BatchNorm and a (projected) skip connection."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(outputs)
+        self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(outputs)
+        self.skip = nn.Identity()
+        if stride != 1 or inputs != outputs:
+            self.skip = nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.skip(x))
+
+
+def resnet18(width: int = 16, num_classes: int = 10) -> nn.Module:
+    """ResNet-18's layout (4 stages of 2 basic blocks) for 32x32 images, ``width`` channels in the first stage."""
+    layers: list[nn.Module] = [nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+    inputs = width
+    for stage, outputs in enumerate([width, 2 * width, 4 * width, 8 * width]):
+        for block in range(2):
+            layers.append(BasicBlock(inputs, outputs, 2 if stage > 0 and block == 0 else 1))
+            inputs = outputs
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(inputs, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _peak_worker(task: Callable[[], Callable[[], Any]], queue: Any) -> None:
+    run = task()  # set-up (model, data) before the baseline
+    with open("/proc/self/clear_refs", "w") as clear:  # reset the peak (VmHWM) to the current resident size
+        clear.write("5")
+    baseline = _status_kib("VmRSS")
+    start = time.perf_counter()
+    run()
+    elapsed = time.perf_counter() - start
+    queue.put((elapsed, (_status_kib("VmHWM") - baseline) / 1024))
+
+
+def peak_memory_mib(task: Callable[[], Callable[[], Any]]) -> tuple[float, float]:
+    """Run ``task()()`` in a fresh process: (seconds, MiB of peak resident memory above the memory after set-up).
+
+    Linux only: the peak (``VmHWM``) is reset through ``/proc/self/clear_refs`` once the set-up is done.
+
+    ``task`` builds the model and data and returns the callable to measure; it must be a module-level function
+    (it is pickled to the child).
+    """
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_peak_worker, args=(task, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A plain-text table, columns padded to their widest cell."""
+    cells = [headers] + [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""Probe overhead: measuring time over the time of the bare forward passes it needs (the floor).
+
+For N inputs and a group G, measuring needs N x |G| forward passes; the floor is the time of exactly those passes on
+pre-transformed inputs at the probe's batch size (``chunk_size``), in eval mode under ``torch.no_grad()``. The probe
+also transforms the inputs, captures L layers with hooks and computes the normalised and raw G-EED of each: all of
+that is the overhead. Median of repeats, both measured in the same run.
+
+    python benchmarks/probe_overhead.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import torch
+
+from lightning_invariance import InvarianceDeviation, Probe
+from lightning_invariance.groups import CyclicRotation, CyclicTranslation, Dihedral
+
+from _common import median_seconds, resnet18, small_cnn, table, tiny_mlp
+
+CHUNK = 1024
+
+
+def groups() -> dict[int, object]:
+    shifts = [(dy, dx) for dy in range(4) for dx in range(4) if dy or dx]
+    return {4: CyclicRotation(4), 8: Dihedral(4), 16: CyclicTranslation(shifts)}
+
+
+def models(quick: bool) -> list[tuple[str, torch.nn.Module, tuple[int, ...], int, list[str]]]:
+    """(name, model, input shape, N, the 3 inner layers used for L = 4)."""
+    scale = 8 if quick else 1
+    return [
+        ("tiny MLP", tiny_mlp(), (1, 16, 16), 4096 // scale, ["1", "3", "5"]),
+        ("small CNN", small_cnn(), (1, 16, 16), 2048 // scale, ["1", "3", "6"]),
+        ("ResNet-18 (w16)", resnet18(), (3, 32, 32), 256 // scale, ["3", "5", "7"]),
+    ]
+
+
+def floor_seconds(model: torch.nn.Module, inputs: torch.Tensor, group, repeats: int) -> float:
+    """Bare forwards over the pre-transformed orbits, chunked as the probe chunks them."""
+    per_chunk = max(1, CHUNK // len(group))
+    batches = [group.orbit(inputs[s : s + per_chunk]).flatten(0, 1) for s in range(0, len(inputs), per_chunk)]
+
+    def run() -> None:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+
+    return median_seconds(run, repeats)
+
+
+def probe_seconds(model: torch.nn.Module, inputs: torch.Tensor, group, layers: list[str], repeats: int) -> float:
+    probe = Probe(model, group, layers=layers, chunk_size=CHUNK)
+
+    def run() -> None:  # one metric per layer, as the callback uses: its summary has the raw and normalised G-EED
+        metrics = {layer: InvarianceDeviation(len(group)) for layer in layers}
+        probe.update(inputs, metrics)
+        for metric in metrics.values():
+            metric.compute_summary()
+
+    return median_seconds(run, repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    repeats = 1 if args.quick else args.repeats
+    torch.manual_seed(0)
+    rows = []
+    for name, model, shape, n, inner in models(args.quick):
+        model.eval()
+        inputs = torch.randn(n, *shape)
+        for size, group in groups().items():
+            floor = floor_seconds(model, inputs, group, repeats)
+            for layers in (["output"], ["output", *inner]):
+                seconds = probe_seconds(model, inputs, group, layers, repeats)
+                rows.append([name, n, size, len(layers), floor * 1000, seconds * 1000, seconds / floor])
+    print(
+        f"Probe overhead ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, chunk_size={CHUNK}, median of {repeats})"
+    )
+    print(table(["model", "N", "|G|", "L", "floor ms", "probe ms", "probe / floor"], rows))
+
+
+if __name__ == "__main__":
+    main()
