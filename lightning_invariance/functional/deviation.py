@@ -11,9 +11,9 @@ from lightning_invariance.functional.distances import (
     DISTANCES,
     REFERENCES,
     check_choice,
-    element_distances,
     orbit_reference,
     pair_distance_sums,
+    per_sample_distance,
     to_distance_space,
 )
 from lightning_invariance.groups.actions import RepresentationAction
@@ -21,6 +21,8 @@ from lightning_invariance.groups.actions import RepresentationAction
 __all__ = ["DEFAULT_MAX_NORMALIZER_PAIRS", "NAN_STRATEGIES", "equivariance_deviation", "invariance_deviation"]
 
 NAN_STRATEGIES = ("error", "skip")
+#: Orbits of more values than this are compared in blocks of samples of about this many values.
+BLOCK_VALUES = 1 << 20
 #: Batches with more ordered pairs than this pair up an evenly spaced subset of 64 samples for the normaliser.
 DEFAULT_MAX_NORMALIZER_PAIRS = 4096
 
@@ -99,21 +101,41 @@ def _deviation_update(
 def _distances(
     orbit: Tensor, distance: str, reference: str, apply_softmax: bool, action: RepresentationAction | None
 ) -> tuple[Tensor, Tensor]:
-    """``(|G|, N)`` distances to the reference (or to the action's image of ``f(x)``), and the distance space."""
+    """``(|G|, N)`` distances to the reference (or to the action's image of ``f(x)``), and the distance space.
+
+    Large orbits go in blocks of samples: each block's reference and distances are computed together, so no
+    temporary is larger than a block (big fresh temporaries cost more in page faults than in arithmetic on CPU).
+    """
     space = to_distance_space(orbit, distance, apply_softmax)
-    if action is None or action.trivial:
-        return element_distances(space, orbit_reference(space, distance, reference), distance), space
+    equivariant = action is not None and not action.trivial
+    num_elements, num_samples = space.shape[:2]
+    per_sample = max(1, space[0, :1].numel()) * num_elements
+    block = num_samples if space.numel() <= BLOCK_VALUES else max(1, BLOCK_VALUES // per_sample)
+    rows = []
+    for start in range(0, num_samples, block):
+        part = space[:, start : start + block]
+        if equivariant:
+            moved = _moved(orbit[0, start : start + block], action, num_elements)
+            target = to_distance_space(moved, distance, apply_softmax)
+        else:
+            target = orbit_reference(part, distance, reference)
+        rows.append(per_sample_distance(part, target, distance))
+    distances = torch.cat(rows, dim=1) if rows else space.new_zeros((num_elements, 0), dtype=torch.float64)
+    return distances, space
 
-    def moved(k: int) -> Tensor:
-        image = action.act(orbit[0], k)
-        if image.shape != orbit.shape[1:]:
+
+def _moved(features: Tensor, action: RepresentationAction, num_elements: int) -> Tensor:
+    """``rho(g_k) f(x)`` for every element ``k``, stacked as ``(|G|, n, ...)``."""
+    images = []
+    for k in range(num_elements):
+        image = action.act(features, k)
+        if image.shape != features.shape:
             raise ValueError(
-                f"{action!r} changed the representation's shape from {tuple(orbit.shape[1:])} to "
-                f"{tuple(image.shape)}; an action must map a representation to one of the same shape."
+                f"{action!r} changed the representation's shape from {tuple(features.shape[1:])} to "
+                f"{tuple(image.shape[1:])}; an action must map a representation to one of the same shape."
             )
-        return to_distance_space(image.unsqueeze(0), distance, apply_softmax)[0]
-
-    return element_distances(space, moved, distance), space
+        images.append(image)
+    return torch.stack(images)
 
 
 def _deviation_compute(

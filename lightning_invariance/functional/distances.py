@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -12,7 +11,6 @@ __all__ = [
     "DISTANCES",
     "REFERENCES",
     "check_choice",
-    "element_distances",
     "orbit_reference",
     "pair_distance_sums",
     "per_sample_distance",
@@ -24,8 +22,6 @@ REFERENCES = ("centroid", "identity")
 
 # Gather at most this many feature values at once when pairing samples for the normaliser.
 _PAIR_BLOCK_VALUES = 1 << 24
-# Orbits of at most this many values are compared in one broadcast; larger ones element by element.
-_BROADCAST_VALUES = 1 << 16
 
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -115,22 +111,6 @@ def per_sample_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
         return terms.sum(-1).clamp_min(0.0)
     check_choice("distance", distance, DISTANCES)
     raise AssertionError("unreachable")
-
-
-def element_distances(space: Tensor, targets: Tensor | Callable[[int], Tensor], distance: str) -> Tensor:
-    """``(|G|, N)`` float64 distances between ``space[g]`` and its target, one group element at a time when large.
-
-    ``targets`` broadcasts against ``space`` (e.g. the ``(1, N, ...)`` centroid), or is a function of the element
-    index. Large orbits go element by element: each temporary is ``|G|`` times smaller, which on CPU is several
-    times faster than one broadcast over the whole orbit.
-    """
-    if not callable(targets) and space.numel() <= _BROADCAST_VALUES:
-        return per_sample_distance(space, targets, distance)
-    rows = []
-    for k in range(space.shape[0]):
-        target = targets(k) if callable(targets) else targets[k if targets.shape[0] > 1 else 0]
-        rows.append(per_sample_distance(space[k], target, distance))
-    return torch.stack(rows)
 
 
 def pair_distance_sums(space: Tensor, distance: str, max_pairs: int) -> tuple[Tensor, Tensor]:
