@@ -120,6 +120,8 @@ def _distances(
         else:
             target = orbit_reference(part, distance, reference)
         rows.append(per_sample_distance(part, target, distance))
+    if len(rows) == 1:
+        return rows[0], space
     distances = torch.cat(rows, dim=1) if rows else space.new_zeros((num_elements, 0), dtype=torch.float64)
     return distances, space
 

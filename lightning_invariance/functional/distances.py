@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -127,11 +128,17 @@ def pair_distance_sums(space: Tensor, distance: str, max_pairs: int) -> tuple[Te
         return zero, zero.clone()
     m = n if n * (n - 1) <= max_pairs else max(2, math.floor((1 + math.sqrt(1 + 4 * max_pairs)) / 2))
     if m < n:
-        space = space[torch.linspace(0, n - 1, m, device=space.device).round().long()]
+        space = space[_evenly_spaced(n, m).to(space.device)]
     total = _all_pairs_sum(space, distance)
     if total is None:  # the element-wise form: pairs (i, i + s mod m) for every shift s
         total = _shifted_pairs_sum(space, distance, m - 1)
     return total, torch.tensor(float(m * (m - 1)), dtype=torch.float64, device=space.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _evenly_spaced(n: int, m: int) -> Tensor:
+    """``m`` indices spread evenly over ``0 .. n - 1``, both ends included."""
+    return torch.linspace(0, n - 1, m, dtype=torch.float64).round().long()
 
 
 def _all_pairs_sum(space: Tensor, distance: str) -> Tensor | None:
