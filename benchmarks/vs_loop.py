@@ -2,8 +2,9 @@
 
 The straightforward way: one forward pass per group element over the data in dataloader-sized batches with autograd
 on (as in a training script), forward hooks that keep every layer's features, then the centroid and a Python-level
-distance per sample and element, and the normaliser per batch with ``torch.cdist``. Both give the same normalised
-G-EED (checked). Time: median of repeats in this process; peak memory: a fresh process each, resident memory above
+distance per sample and element, and the normaliser per batch with ``torch.cdist``. Both give the same G-EED
+(checked to 1e-4; the normalised ones to 5%, as the normalisers pair samples in different groups). The probe runs at
+its defaults. Time: median of repeats in this process; peak memory: a fresh process each, resident memory above
 the model's and data's set-up.
 
     python benchmarks/vs_loop.py [--quick]
@@ -25,7 +26,9 @@ BATCH = 128
 INNER = ["1", "3", "6"]
 
 
-def straightforward(model: torch.nn.Module, inputs: torch.Tensor, group, layers: list[str]) -> dict[str, float]:
+def straightforward(
+    model: torch.nn.Module, inputs: torch.Tensor, group, layers: list[str]
+) -> dict[str, tuple[float, float]]:
     modules = dict(model.named_modules())
     stored: dict[str, list[list[torch.Tensor]]] = {layer: [[] for _ in range(len(group))] for layer in layers}
     element = [0]
@@ -57,14 +60,18 @@ def straightforward(model: torch.nn.Module, inputs: torch.Tensor, group, layers:
             distances = torch.cdist(batch, batch)
             pair_sum += distances.sum().item()
             pair_count += batch.shape[0] * (batch.shape[0] - 1)
-        scores[layer] = geed / (pair_sum / pair_count)
+        scores[layer] = (geed, geed / (pair_sum / pair_count))
     return scores
 
 
-def with_probe(model: torch.nn.Module, inputs: torch.Tensor, group, layers: list[str]) -> dict[str, float]:
-    metrics = {layer: InvarianceDeviation(len(group), max_normalizer_pairs=BATCH * (BATCH - 1)) for layer in layers}
-    Probe(model, group, layers=layers, chunk_size=BATCH * len(group)).update(inputs, metrics)
-    return {layer: metric.compute_summary()["geed_normalized"].item() for layer, metric in metrics.items()}
+def with_probe(
+    model: torch.nn.Module, inputs: torch.Tensor, group, layers: list[str]
+) -> dict[str, tuple[float, float]]:
+    """The probe at its defaults (chunk size, normaliser pairs within each chunk)."""
+    metrics = {layer: InvarianceDeviation(len(group)) for layer in layers}
+    Probe(model, group, layers=layers).update(inputs, metrics)
+    summaries = {layer: metric.compute_summary() for layer, metric in metrics.items()}
+    return {layer: (s["geed"].item(), s["geed_normalized"].item()) for layer, s in summaries.items()}
 
 
 def _setup(n: int, how: str, layers: list[str]):
@@ -85,8 +92,10 @@ def main() -> None:
     for layers in (["output"], ["output", *INNER]):
         loop_run, probe_run = _setup(n, "loop", layers), _setup(n, "probe", layers)
         loop_scores, probe_scores = loop_run(), probe_run()
-        for layer in layers:  # the same measurement (the probe pairs within each chunk of BATCH samples)
-            assert abs(loop_scores[layer] - probe_scores[layer]) <= 1e-4 * abs(loop_scores[layer]), layer
+        for layer in layers:  # the same G-EED; the normalisers pair samples within different groups
+            (loop_raw, loop_normalized), (probe_raw, probe_normalized) = loop_scores[layer], probe_scores[layer]
+            assert abs(loop_raw - probe_raw) <= 1e-4 * abs(loop_raw), (layer, loop_raw, probe_raw)
+            assert abs(loop_normalized - probe_normalized) <= 0.05 * abs(loop_normalized), layer
         loop_time = median_seconds(loop_run, repeats, warmup=0)
         probe_time = median_seconds(probe_run, repeats, warmup=0)
         _, loop_mib = peak_memory_mib(functools.partial(_setup, n, "loop", layers))

