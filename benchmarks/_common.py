@@ -71,6 +71,25 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
+def interleaved_seconds(fns: list[Callable[[], Any]], repeats: int, warmup: int = 1) -> list[list[float]]:
+    """Wall times of each ``fn`` in round-robin rounds: ``times[round][i]`` for ``fns[i]``.
+
+    Ratios taken within a round cancel the slow drift of a shared machine's speed; take their median.
+    """
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    rounds = []
+    for _ in range(repeats):
+        times = []
+        for fn in fns:
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        rounds.append(times)
+    return rounds
+
+
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as status:
         for line in status:

@@ -2,10 +2,11 @@
 
 For N inputs and a group G, measuring needs N x |G| forward passes; the floor is the time of exactly those passes on
 pre-transformed inputs at the probe's batch size (``chunk_size``), in eval mode under ``torch.no_grad()``. The probe
-also transforms the inputs, captures L layers with hooks and computes the normalised and raw G-EED of each: all of
-that is the overhead. The last column divides by the transform-and-forward time instead: building the orbit is work
-any measurement must do, and for a tiny model it alone costs half a forward pass. Medians of repeats, all measured in
-the same run.
+also transforms the inputs, captures L layers with hooks and computes the G-EED statistics of each (one metric per
+layer, as the callback does): all of that is the overhead. The last column divides by the transform-and-forward time
+instead: building the orbit is work any measurement must do, and for a tiny model it alone costs about half a forward
+pass. Each round times the floors and the probe back to back; the ratios are medians of the per-round ratios, which
+cancels the drift of a shared machine's speed.
 
     python benchmarks/probe_overhead.py [--quick]
 """
@@ -14,15 +15,17 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
+from collections.abc import Callable
 
 import torch
 
 from lightning_invariance import InvarianceDeviation, Probe
 from lightning_invariance.groups import CyclicRotation, CyclicTranslation, Dihedral
 
-from _common import median_seconds, resnet18, small_cnn, table, tiny_mlp
+from _common import interleaved_seconds, resnet18, small_cnn, table, tiny_mlp
 
-CHUNK = 128  # the probe's CPU default
+CHUNK = 128  # the probe's default on CPU
 
 
 def groups() -> dict[int, object]:
@@ -40,7 +43,7 @@ def models(quick: bool) -> list[tuple[str, torch.nn.Module, tuple[int, ...], int
     ]
 
 
-def floor_seconds(model: torch.nn.Module, inputs: torch.Tensor, group, repeats: int) -> float:
+def floor_run(model: torch.nn.Module, inputs: torch.Tensor, group) -> Callable[[], None]:
     """Bare forwards over the pre-transformed orbits, chunked as the probe chunks them."""
     per_chunk = max(1, CHUNK // len(group))
     batches = [group.orbit(inputs[s : s + per_chunk]).flatten(0, 1) for s in range(0, len(inputs), per_chunk)]
@@ -50,10 +53,10 @@ def floor_seconds(model: torch.nn.Module, inputs: torch.Tensor, group, repeats: 
             for batch in batches:
                 model(batch)
 
-    return median_seconds(run, repeats)
+    return run
 
 
-def transform_floor_seconds(model: torch.nn.Module, inputs: torch.Tensor, group, repeats: int) -> float:
+def transform_floor_run(model: torch.nn.Module, inputs: torch.Tensor, group) -> Callable[[], None]:
     """Building each chunk's orbit, then the bare forward: the least any measurement must do."""
     per_chunk = max(1, CHUNK // len(group))
 
@@ -62,10 +65,10 @@ def transform_floor_seconds(model: torch.nn.Module, inputs: torch.Tensor, group,
             for start in range(0, len(inputs), per_chunk):
                 model(group.orbit(inputs[start : start + per_chunk]).flatten(0, 1))
 
-    return median_seconds(run, repeats)
+    return run
 
 
-def probe_seconds(model: torch.nn.Module, inputs: torch.Tensor, group, layers: list[str], repeats: int) -> float:
+def probe_run(model: torch.nn.Module, inputs: torch.Tensor, group, layers: list[str]) -> Callable[[], None]:
     probe = Probe(model, group, layers=layers, chunk_size=CHUNK)
 
     def run() -> None:  # one metric per layer, as the callback uses: its summary has the raw and normalised G-EED
@@ -74,13 +77,13 @@ def probe_seconds(model: torch.nn.Module, inputs: torch.Tensor, group, layers: l
         for metric in metrics.values():
             metric.compute_summary()
 
-    return median_seconds(run, repeats)
+    return run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
     torch.manual_seed(0)
@@ -89,27 +92,22 @@ def main() -> None:
         model.eval()
         inputs = torch.randn(n, *shape)
         for size, group in groups().items():
-            floor = floor_seconds(model, inputs, group, repeats)
-            with_transform = transform_floor_seconds(model, inputs, group, repeats)
-            for layers in (["output"], ["output", *inner]):
-                seconds = probe_seconds(model, inputs, group, layers, repeats)
-                rows.append(
-                    [
-                        name,
-                        n,
-                        size,
-                        len(layers),
-                        floor * 1000,
-                        seconds * 1000,
-                        seconds / floor,
-                        seconds / with_transform,
-                    ]
-                )
+            runs = [floor_run(model, inputs, group), transform_floor_run(model, inputs, group)]
+            runs += [probe_run(model, inputs, group, layers) for layers in (["output"], ["output", *inner])]
+            rounds = interleaved_seconds(runs, repeats)
+            floor = statistics.median(r[0] for r in rounds)
+            for index, num_layers in ((2, 1), (3, 1 + len(inner))):
+                probe = statistics.median(r[index] for r in rounds)
+                over_floor = statistics.median(r[index] / r[0] for r in rounds)
+                over_transform = statistics.median(r[index] / r[1] for r in rounds)
+                rows.append([name, n, size, num_layers, floor * 1000, probe * 1000, over_floor, over_transform])
+    machine = platform.processor() or platform.machine()
     print(
-        f"Probe overhead ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, chunk_size={CHUNK}, median of {repeats})"
+        f"Probe overhead ({machine}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"chunk_size={CHUNK}, medians of {repeats} interleaved rounds)"
     )
-    print(table(["model", "N", "|G|", "L", "floor ms", "probe ms", "probe / floor", "probe / (transform+floor)"], rows))
+    headers = ["model", "N", "|G|", "L", "floor ms", "probe ms", "probe / floor", "probe / (transform + floor)"]
+    print(table(headers, rows))
 
 
 if __name__ == "__main__":
