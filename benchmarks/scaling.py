@@ -68,7 +68,8 @@ def main() -> None:
     print(f"Small CNN, C4, layers output + conv2, batches of {BATCH} 8x8 inputs ({torch.get_num_threads()} threads)")
     print(table(["N", "seconds", "us / input", "peak MiB", "time / linear"], rows))
 
-    print("\\nNormaliser (pairs of different inputs) per batch, D = 2048 features, float32; median of 5")
+    print()
+    print("Normaliser (pairs of different inputs) per batch, D = 2048 features, float32; median of 5")
     rows = []
     dim = 2048
     for batch in [16, 64, 256, 1024, 4096] if not args.quick else [16, 64]:
