@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -100,13 +101,20 @@ def _status_kib(field: str) -> int:
 
 def _peak_worker(task: Callable[[], Callable[[], Any]], queue: Any) -> None:
     run = task()  # set-up (model, data) before the baseline
-    with open("/proc/self/clear_refs", "w") as clear:  # reset the peak (VmHWM) to the current resident size
-        clear.write("5")
-    baseline = _status_kib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:  # reset the peak (VmHWM) to the current resident size
+            clear.write("5")
+        baseline = _status_kib("VmRSS")
+    except OSError:  # not Linux, or not allowed: the peak since start-up is the best there is
+        baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     run()
     elapsed = time.perf_counter() - start
-    queue.put((elapsed, (_status_kib("VmHWM") - baseline) / 1024))
+    try:
+        peak = _status_kib("VmHWM")
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put((elapsed, (peak - baseline) / 1024))
 
 
 def peak_memory_mib(task: Callable[[], Callable[[], Any]]) -> tuple[float, float]:
