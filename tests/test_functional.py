@@ -188,3 +188,10 @@ def test_non_finite_features_found_for_cosine(bad):
     with pytest.warns(UserWarning, match="Skipping 1 of 4"):
         skipped = invariance_deviation(orbit, distance="cosine", nan_strategy="skip")
     assert skipped.item() == pytest.approx(reference_geed([orbit[:, [0, 1, 3]]], "cosine"), rel=1e-9)
+
+
+def test_skipping_every_sample_leaves_nothing_to_average():
+    orbit = torch.full((2, 3, 4), float("nan"))
+    with pytest.warns(UserWarning, match="Skipping 3 of 3"):
+        value = invariance_deviation(orbit, nan_strategy="skip")
+    assert math.isnan(value.item())

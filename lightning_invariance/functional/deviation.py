@@ -110,7 +110,7 @@ def _distances(
     equivariant = action is not None and not action.trivial
     num_elements, num_samples = space.shape[:2]
     per_sample = max(1, space[0, :1].numel()) * num_elements
-    block = num_samples if space.numel() <= BLOCK_VALUES else max(1, BLOCK_VALUES // per_sample)
+    block = max(1, num_samples if space.numel() <= BLOCK_VALUES else BLOCK_VALUES // per_sample)
     rows = []
     for start in range(0, num_samples, block):
         part = space[:, start : start + block]
