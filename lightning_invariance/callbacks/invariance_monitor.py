@@ -226,9 +226,7 @@ class InvarianceMonitor(Callback):
         self._measuring_now = False
         if self.max_samples is not None:
             for index in self._selected_indices(trainer):
-                self._cache_complete.add(index)
-                for inputs in self._cache.get(index, []):
-                    self._measure(inputs, index)
+                self._measure_cache(index)
         values, per_element = self._compute(trainer)
         for name, value in values.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, add_dataloader_idx=False)
@@ -413,9 +411,13 @@ class InvarianceMonitor(Callback):
                 if sum(len(x) for x in self._cache[index]) >= self.max_samples:
                     break
             if self.max_samples is not None:
-                self._cache_complete.add(index)
-                for inputs in self._cache.get(index, []):
-                    self._measure(inputs, index)
+                self._measure_cache(index)
+
+    def _measure_cache(self, index: int) -> None:
+        """Close dataloader ``index``'s input cache (it is not filled again) and measure every cached batch."""
+        self._cache_complete.add(index)
+        for inputs in self._cache.get(index, []):
+            self._measure(inputs, index)
 
     def _write_tensorboard_extras(
         self, trainer: pl.Trainer, per_element: dict[tuple[int, str], dict[str, list[float]]]

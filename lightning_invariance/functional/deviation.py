@@ -79,8 +79,7 @@ def _deviation_update(
     check_choice("distance", distance, DISTANCES)
     check_choice("reference", reference, REFERENCES)
     check_choice("nan_strategy", nan_strategy, NAN_STRATEGIES)
-    equivariant = action is not None and not action.trivial
-    if equivariant and reference != "identity":
+    if action is not None and not action.trivial and reference != "identity":
         raise ValueError(
             f"reference={reference!r} is defined for invariance only; with a non-trivial action {action!r} the "
             "reference is the untransformed representation moved by the action: use reference='identity'."
@@ -88,7 +87,7 @@ def _deviation_update(
     orbit, num_skipped = orbit_features, 0
     if distance in ("kl", "discrete"):  # class scores are small, and argmax or a probability check hides NaN
         orbit, num_skipped = _drop_non_finite(orbit, nan_strategy)
-    distances, space = _distances(orbit, distance, reference, apply_softmax, action if equivariant else None)
+    distances, space = _distances(orbit, distance, reference, apply_softmax, action)
     if distance not in ("kl", "discrete") and not bool(torch.isfinite(distances).all()):
         # only now look at every feature value: a NaN or inf feature makes its sample's distances non-finite
         orbit, num_skipped = _drop_non_finite(orbit, nan_strategy)
