@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -42,21 +43,37 @@ def _check_orbit(orbit_features: Tensor, num_elements: int | None) -> None:
         )
 
 
-def _drop_non_finite(orbit_features: Tensor, nan_strategy: str) -> tuple[Tensor, int]:
+class DeviationBatch(NamedTuple):
+    """What one batch adds to a deviation metric."""
+
+    #: ``(|G|, N)`` float64 distances of the samples kept.
+    distances: Tensor
+    #: The normaliser's sum of distances between different inputs, and the number of pairs.
+    pair_sum: Tensor
+    pair_count: Tensor
+    #: Samples left out for non-finite features, and which were kept (``None``: all of them).
+    num_skipped: int
+    kept: Tensor | None
+    #: With a border mask: ``(|G|,)`` valid entries per sample of each element, and the entries per sample.
+    valid_entries: Tensor | None = None
+    entries: int = 0
+
+
+def _drop_non_finite(orbit_features: Tensor, nan_strategy: str) -> tuple[Tensor, int, Tensor | None]:
     if not (orbit_features.is_floating_point() or orbit_features.is_complex()):
-        return orbit_features, 0
+        return orbit_features, 0, None
     finite = torch.isfinite(orbit_features).reshape(orbit_features.shape[0], orbit_features.shape[1], -1)
     keep = finite.all(dim=2).all(dim=0)
     num_bad = int((~keep).sum())
     if num_bad == 0:
-        return orbit_features, 0
+        return orbit_features, 0, None
     if nan_strategy == "error":
         raise ValueError(
             f"`orbit_features` holds NaN or infinite values for {num_bad} of {keep.numel()} samples. Fix the model or "
             "inputs, or pass nan_strategy='skip' to leave those samples out with a warning."
         )
     warnings.warn(f"Skipping {num_bad} of {keep.numel()} samples whose features are NaN or infinite.", stacklevel=3)
-    return orbit_features[:, keep], num_bad
+    return orbit_features[:, keep], num_bad, keep
 
 
 def _deviation_update(
@@ -68,12 +85,15 @@ def _deviation_update(
     max_normalizer_pairs: int = DEFAULT_MAX_NORMALIZER_PAIRS,
     action: RepresentationAction | None = None,
     num_elements: int | None = None,
-) -> tuple[Tensor, Tensor, Tensor, int]:
+    border_mask: bool = False,
+) -> DeviationBatch:
     """Per-element, per-sample distances ``m(f(g.x), r_g(x))`` of one batch, and the normaliser's pair sums.
 
-    Returns ``(distances, pair_sum, pair_count, num_skipped)``: ``distances`` is ``(|G|, N)`` float64 with samples
-    holding non-finite features left out (``nan_strategy='skip'``); the pair sums compare the untransformed inputs'
-    representations, ``m(f(x_i), f(x_j))`` for ``i != j``.
+    ``distances`` is ``(|G|, N)`` float64 with samples holding non-finite features left out
+    (``nan_strategy='skip'``); the pair sums compare the untransformed inputs' representations, ``m(f(x_i), f(x_j))``
+    for ``i != j``. With ``border_mask`` (equivariance under an action with valid masks, such as a ``SpatialAction``
+    of an interpolated rotation), entries outside element ``g``'s valid region are zeroed in both ``f(g.x)`` and
+    ``rho(g) f(x)``, and the normaliser compares the region valid for every element.
     """
     _check_orbit(orbit_features, num_elements)
     check_choice("distance", distance, DISTANCES)
@@ -84,21 +104,50 @@ def _deviation_update(
             f"reference={reference!r} is defined for invariance only; with a non-trivial action {action!r} the "
             "reference is the untransformed representation moved by the action: use reference='identity'."
         )
-    orbit, num_skipped = orbit_features, 0
+    masks = _border_masks(orbit_features, action, distance) if border_mask else None
+    orbit, num_skipped, kept = orbit_features, 0, None
     if distance in ("kl", "discrete"):  # class scores are small, and argmax or a probability check hides NaN
-        orbit, num_skipped = _drop_non_finite(orbit, nan_strategy)
-    distances, space = _distances(orbit, distance, reference, apply_softmax, action)
+        orbit, num_skipped, kept = _drop_non_finite(orbit, nan_strategy)
+    distances, space = _distances(orbit, distance, reference, apply_softmax, action, masks)
     if distance not in ("kl", "discrete") and not bool(torch.isfinite(distances).all()):
         # only now look at every feature value: a NaN or inf feature makes its sample's distances non-finite
-        orbit, num_skipped = _drop_non_finite(orbit, nan_strategy)
+        orbit, num_skipped, kept = _drop_non_finite(orbit, nan_strategy)
         if num_skipped:
-            distances, space = _distances(orbit, distance, reference, apply_softmax, action)
-    pair_sum, pair_count = pair_distance_sums(space[0], distance, max_normalizer_pairs)
-    return distances, pair_sum, pair_count, num_skipped
+            distances, space = _distances(orbit, distance, reference, apply_softmax, action, masks)
+    identity_space = space[0] if masks is None else space[0] * masks.prod(dim=0)
+    pair_sum, pair_count = pair_distance_sums(identity_space, distance, max_normalizer_pairs)
+    if masks is None:
+        return DeviationBatch(distances, pair_sum, pair_count, num_skipped, kept)
+    valid = masks.sum(dim=1).to(torch.float64)
+    return DeviationBatch(distances, pair_sum, pair_count, num_skipped, kept, valid, masks.shape[1])
+
+
+def _border_masks(orbit: Tensor, action: RepresentationAction | None, distance: str) -> Tensor:
+    """``(|G|, D)`` 0/1 masks of the entries of the flattened features that element ``g`` leaves valid."""
+    if action is None or action.trivial:
+        raise ValueError(
+            "border_mask=True compares the valid region of rho(g) f(x), so it needs a spatial action (e.g. "
+            "SpatialAction(ContinuousRotation(...))) on feature maps; for invariance there is no region to align."
+        )
+    if distance not in ("euclidean", "cosine"):
+        raise ValueError(
+            f"border_mask=True needs distance 'euclidean' or 'cosine' (on feature maps), not {distance!r}."
+        )
+    masks = []
+    for k in range(orbit.shape[0]):
+        mask = action.valid_mask(k, tuple(orbit.shape[2:]))
+        full = torch.ones(orbit.shape[2:], device=orbit.device) if mask is None else mask.to(orbit.device)
+        masks.append(full.expand(orbit.shape[2:]).reshape(-1))
+    return torch.stack(masks).to(orbit.dtype if orbit.is_floating_point() else torch.get_default_dtype())
 
 
 def _distances(
-    orbit: Tensor, distance: str, reference: str, apply_softmax: bool, action: RepresentationAction | None
+    orbit: Tensor,
+    distance: str,
+    reference: str,
+    apply_softmax: bool,
+    action: RepresentationAction | None,
+    masks: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(|G|, N)`` distances to the reference (or to the action's image of ``f(x)``), and the distance space.
 
@@ -118,6 +167,8 @@ def _distances(
             target = to_distance_space(moved, distance, apply_softmax)
         else:
             target = orbit_reference(part, distance, reference)
+        if masks is not None:  # (|G|, D) over the flattened features
+            part, target = part * masks.unsqueeze(1), target * masks.unsqueeze(1)
         rows.append(per_sample_distance(part, target, distance))
     if len(rows) == 1:
         return rows[0], space
@@ -205,7 +256,7 @@ def invariance_deviation(
         >>> invariance_deviation(orbit, distance="cosine")
         tensor(0., dtype=torch.float64)
     """
-    distances, pair_sum, pair_count, _ = _deviation_update(
+    distances, pair_sum, pair_count, *_ = _deviation_update(
         orbit_features, distance, reference, apply_softmax, nan_strategy, max_normalizer_pairs
     )
     num_samples = torch.tensor(float(distances.shape[1]), dtype=torch.float64)
@@ -220,6 +271,7 @@ def equivariance_deviation(
     apply_softmax: bool = True,
     nan_strategy: str = "error",
     max_normalizer_pairs: int = DEFAULT_MAX_NORMALIZER_PAIRS,
+    border_mask: bool = False,
 ) -> Tensor:
     r"""Equivariance G-EED: the mean distance between ``f(g.x)`` and ``rho(g) . f(x)``.
 
@@ -228,7 +280,10 @@ def equivariance_deviation(
 
     ``orbit_features`` keeps its feature axes (``(|G|, N, C, H, W)`` for feature maps) because the action ``rho``
     needs them; distances are then taken on the flattened features. A trivial action gives the invariance G-EED
-    with the identity reference. Other arguments as in :func:`invariance_deviation`.
+    with the identity reference. With ``border_mask=True`` only the region each element leaves valid is compared
+    (interpolated rotations and scalings leave empty corners): entries outside it are zeroed in both representations,
+    and the normaliser compares the region valid for every element. Other arguments as in
+    :func:`invariance_deviation`.
 
     Example:
         >>> import torch
@@ -241,8 +296,15 @@ def equivariance_deviation(
     """
     if not isinstance(action, RepresentationAction):
         raise TypeError(f"Expected `action` to be a RepresentationAction, but got {type(action).__name__}.")
-    distances, pair_sum, pair_count, _ = _deviation_update(
-        orbit_features, distance, "identity", apply_softmax, nan_strategy, max_normalizer_pairs, action=action
+    distances, pair_sum, pair_count, *_ = _deviation_update(
+        orbit_features,
+        distance,
+        "identity",
+        apply_softmax,
+        nan_strategy,
+        max_normalizer_pairs,
+        action=action,
+        border_mask=border_mask,
     )
     num_samples = torch.tensor(float(distances.shape[1]), dtype=torch.float64)
     return _deviation_compute(distances.sum(dim=1), num_samples, pair_sum, pair_count, normalize)

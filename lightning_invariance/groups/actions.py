@@ -26,6 +26,13 @@ class RepresentationAction(ABC):
     def check_group(self, group: Group) -> None:  # noqa: B027 - optional hook
         """Raise ``ValueError`` when this action cannot represent ``group`` (e.g. the sizes differ)."""
 
+    def valid_mask(self, k: int, shape: tuple[int, ...]) -> Tensor | None:
+        """Where element ``k`` leaves a representation of ``shape`` (no sample axis) valid.
+
+        A 0/1 mask broadcastable to ``shape``, or ``None`` when it loses nothing (the default).
+        """
+        return None
+
 
 class TrivialAction(RepresentationAction):
     """Every element acts as the identity: equivariance under it is invariance."""
@@ -56,6 +63,10 @@ class SpatialAction(RepresentationAction):
     def act(self, features: Tensor, k: int) -> Tensor:
         """Apply the group's element ``k`` to the features."""
         return self.group.act(features, k)
+
+    def valid_mask(self, k: int, shape: tuple[int, ...]) -> Tensor | None:
+        """The group's valid region of a feature map of ``shape`` (``(C, H, W)`` or ``(H, W)``)."""
+        return self.group.valid_mask(k, shape) if len(shape) >= 2 else None
 
     def check_group(self, group: Group) -> None:
         """Require the same number of elements as the input group."""

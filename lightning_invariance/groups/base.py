@@ -58,6 +58,14 @@ class Group(ABC):
         """All transformed copies of ``x``, stacked as ``(|G|, N, ...)`` with the untransformed batch first."""
         return torch.stack([self.act(x, k) for k in range(len(self))])
 
+    def valid_mask(self, k: int, shape: tuple[int, ...]) -> Tensor | None:
+        """Where element ``k`` leaves an image of ``shape`` (``(..., H, W)``) valid: a 0/1 ``(H, W)`` mask.
+
+        ``None`` (the default) means every position keeps image content (``rot90``, flips, cyclic shifts).
+        Interpolating families return 0 where the result was filled from outside the image.
+        """
+        return None
+
     def _check_input(self, x: Tensor) -> None:  # noqa: B027 - optional hook, the default accepts any batch
         """Raise ``ValueError`` when ``x`` has a shape this group cannot act on."""
 

@@ -67,6 +67,14 @@ class _AffineFamily(Group):
     def _act(self, x: Tensor, k: int) -> Tensor:
         return affine_transform(x, self._matrices[k], self.mode, self.padding_mode)
 
+    def valid_mask(self, k: int, shape: tuple[int, ...]) -> Tensor:
+        """1 where every input pixel that element ``k`` samples lies inside the image, else 0 (``(H, W)``)."""
+        if len(shape) < 2:
+            raise ValueError(f"{self!r}.valid_mask needs a shape ending in (H, W), got {tuple(shape)}.")
+        ones = torch.ones(1, shape[-2], shape[-1], dtype=torch.float64)
+        coverage = affine_transform(ones, self._matrices[k], "bilinear", "zeros")[0]
+        return (coverage >= 1.0 - 1e-6).to(torch.get_default_dtype())
+
 
 class ContinuousRotation(_AffineFamily):
     """Rotations by arbitrary angles (degrees, counter-clockwise), interpolated; identity first.

@@ -17,6 +17,7 @@ from lightning_invariance.functional.deviation import (
 )
 from lightning_invariance.functional.distances import DISTANCES, REFERENCES, check_choice
 from lightning_invariance.groups.actions import RepresentationAction
+from lightning_invariance.metrics._checks import check_labels, check_optional_positive
 
 __all__ = ["EquivarianceDeviation", "InvarianceDeviation"]
 
@@ -36,6 +37,11 @@ class _DeviationMetric(Metric):
     pair_sum: Tensor
     pair_count: Tensor
     num_skipped: Tensor
+    class_sum: Tensor
+    class_count: Tensor
+    sample_deviations: list[Tensor]
+    valid_entries: Tensor
+    entries: Tensor
 
     def __init__(
         self,
@@ -47,6 +53,9 @@ class _DeviationMetric(Metric):
         nan_strategy: str,
         max_normalizer_pairs: int,
         action: RepresentationAction | None,
+        num_classes: int | None = None,
+        keep_sample_deviations: bool = False,
+        border_mask: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -61,6 +70,13 @@ class _DeviationMetric(Metric):
         self.distance, self.reference, self.normalize = distance, reference, bool(normalize)
         self.apply_softmax, self.nan_strategy = bool(apply_softmax), nan_strategy
         self.max_normalizer_pairs, self.action = max_normalizer_pairs, action
+        check_optional_positive("num_classes", num_classes)
+        if border_mask and (action is None or action.trivial):
+            raise ValueError(
+                "`border_mask=True` needs a non-trivial action with a spatial valid region (equivariance)."
+            )
+        self.num_classes, self.keep_sample_deviations = num_classes, bool(keep_sample_deviations)
+        self.border_mask = bool(border_mask)
 
         f64 = torch.float64
         self.add_state("element_sum", torch.zeros(num_elements, dtype=f64), dist_reduce_fx="sum")
@@ -70,10 +86,25 @@ class _DeviationMetric(Metric):
         self.add_state("pair_sum", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self.add_state("pair_count", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self.add_state("num_skipped", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        if num_classes is not None:
+            self.add_state("class_sum", torch.zeros(num_classes, dtype=f64), dist_reduce_fx="sum")
+            self.add_state("class_count", torch.zeros(num_classes, dtype=f64), dist_reduce_fx="sum")
+        if self.keep_sample_deviations:
+            self.add_state("sample_deviations", [], dist_reduce_fx="cat")
+        if self.border_mask:
+            self.add_state("valid_entries", torch.zeros(num_elements, dtype=f64), dist_reduce_fx="sum")
+            self.add_state("entries", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
 
-    def update(self, orbit_features: Tensor) -> None:
-        """Add a batch of orbit features ``(|G|, N, ...)`` (element 0 the identity)."""
-        distances, pair_sum, pair_count, num_skipped = _deviation_update(
+    def update(self, orbit_features: Tensor, labels: Tensor | None = None) -> None:
+        """Add a batch of orbit features ``(|G|, N, ...)`` (element 0 the identity).
+
+        ``labels`` ``(N,)``: the samples' classes, needed (only) when the metric was built with ``num_classes``.
+        """
+        if self.num_classes is not None:
+            check_labels(labels, orbit_features, self.num_classes)
+        elif labels is not None:
+            raise ValueError("`labels` were given to a metric built without `num_classes`; pass num_classes=C.")
+        batch = _deviation_update(
             orbit_features,
             self.distance,
             self.reference,
@@ -82,7 +113,9 @@ class _DeviationMetric(Metric):
             self.max_normalizer_pairs,
             action=self.action,
             num_elements=self.num_elements,
+            border_mask=self.border_mask,
         )
+        distances, pair_sum, pair_count, num_skipped = batch[:4]
         # in-place updates: a plain `self.state += x` would go through nn.Module.__setattr__ on every batch
         distances = distances.to(self.element_sum.device)
         self.element_sum.add_(distances.sum(dim=1))
@@ -94,6 +127,17 @@ class _DeviationMetric(Metric):
         self.pair_count.add_(pair_count.to(self.pair_count.device))
         if num_skipped:
             self.num_skipped.add_(num_skipped)
+        per_sample = distances.mean(dim=0)
+        if self.num_classes is not None:
+            kept_labels = labels if batch.kept is None else labels[batch.kept.to(labels.device)]
+            kept_labels = kept_labels.to(self.class_sum.device, torch.long)
+            self.class_sum.index_add_(0, kept_labels, per_sample)
+            self.class_count.index_add_(0, kept_labels, torch.ones_like(per_sample))
+        if self.keep_sample_deviations:
+            self.sample_deviations.append(per_sample)
+        if batch.valid_entries is not None:
+            self.valid_entries.add_(batch.valid_entries.to(self.valid_entries.device) * distances.shape[1])
+            self.entries.add_(batch.entries * distances.shape[1])
 
     def compute(self) -> Tensor:
         """The G-EED over everything seen since the last reset (normalised if ``normalize=True``)."""
@@ -105,7 +149,10 @@ class _DeviationMetric(Metric):
         Returns a dict with ``geed`` (raw), ``geed_normalized`` (NaN without pairs), ``stderr`` (standard error of
         the raw G-EED over samples), ``max`` (the largest single distance), ``per_element`` and
         ``per_element_normalized`` (the G-EED of each group element, shape ``(|G|,)``), ``pair_mean`` (the
-        normaliser: mean distance between different inputs), ``num_samples`` and ``num_skipped``. Unlike
+        normaliser: mean distance between different inputs), ``num_samples`` and ``num_skipped``. With
+        ``num_classes``: ``per_class`` and ``per_class_normalized`` (NaN for a class never seen) and
+        ``class_count``; with ``keep_sample_deviations``: ``sample_deviations``, each sample's mean distance over
+        the group; with ``border_mask``: ``valid_fraction``, the fraction of entries compared, per element. Unlike
         :meth:`compute` it does not warn when empty: every value is then NaN (counts 0).
         """
         with self.sync_context(
@@ -117,7 +164,19 @@ class _DeviationMetric(Metric):
             pair_mean = self.pair_sum / self.pair_count if float(self.pair_count) > 0 else nan
             per_element = self.element_sum / n if not empty else self.element_sum * float("nan")
             geed = _deviation_compute(self.element_sum, n, self.pair_sum, self.pair_count, False)
-            return {
+            extra: dict[str, Tensor] = {}
+            if self.num_classes is not None:
+                per_class = self.class_sum / self.class_count  # 0/0 = NaN for a class never seen
+                extra |= {
+                    "per_class": per_class,
+                    "per_class_normalized": per_class / pair_mean,
+                    "class_count": self.class_count.clone(),
+                }
+            if self.keep_sample_deviations:
+                extra["sample_deviations"] = _concatenated(self.sample_deviations, n)
+            if self.border_mask:
+                extra["valid_fraction"] = self.valid_entries / self.entries
+            return extra | {
                 "geed": geed,
                 "geed_normalized": geed / pair_mean,
                 "stderr": _standard_error(self.element_sum, self.sample_sq_sum, n),
@@ -128,6 +187,13 @@ class _DeviationMetric(Metric):
                 "num_samples": n.clone(),
                 "num_skipped": self.num_skipped.clone(),
             }
+
+
+def _concatenated(values: list[Tensor] | Tensor, like: Tensor) -> Tensor:
+    """A list state as one tensor (after a DDP sync torchmetrics has already concatenated it)."""
+    if isinstance(values, Tensor):
+        return values
+    return torch.cat(values) if values else like.new_zeros(0)
 
 
 class InvarianceDeviation(_DeviationMetric):
@@ -154,6 +220,9 @@ class InvarianceDeviation(_DeviationMetric):
         apply_softmax: for ``kl``: the features are logits (``False``: probabilities).
         nan_strategy: ``"error"`` on NaN/inf features, or ``"skip"`` those samples with a warning.
         max_normalizer_pairs: pair budget of the normaliser per batch.
+        num_classes: also keep the G-EED per class; ``update`` then needs ``labels``.
+        keep_sample_deviations: also keep every sample's mean distance over the group (memory grows with the
+            data), for histograms: a mean near 0 can hide a few large failures.
         kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example:
@@ -175,6 +244,8 @@ class InvarianceDeviation(_DeviationMetric):
         apply_softmax: bool = True,
         nan_strategy: str = "error",
         max_normalizer_pairs: int = DEFAULT_MAX_NORMALIZER_PAIRS,
+        num_classes: int | None = None,
+        keep_sample_deviations: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -186,6 +257,8 @@ class InvarianceDeviation(_DeviationMetric):
             nan_strategy,
             max_normalizer_pairs,
             None,
+            num_classes,
+            keep_sample_deviations,
             **kwargs,
         )
 
@@ -207,8 +280,11 @@ class EquivarianceDeviation(_DeviationMetric):
         action: how element ``k`` acts on the representation (:class:`~lightning_invariance.groups.SpatialAction`,
             :class:`~lightning_invariance.groups.RegularAction`, ...).
         num_elements: ``|G|``.
-        distance, normalize, apply_softmax, nan_strategy, max_normalizer_pairs, kwargs: as in
-            :class:`InvarianceDeviation`.
+        border_mask: compare only the region each element leaves valid (interpolated rotations and scalings leave
+            empty corners): entries outside it are zeroed in both ``f(g.x)`` and ``rho(g) f(x)``; the fraction
+            compared is kept per element (``valid_fraction`` in :meth:`compute_summary`).
+        distance, normalize, apply_softmax, nan_strategy, max_normalizer_pairs, num_classes,
+            keep_sample_deviations, kwargs: as in :class:`InvarianceDeviation`.
 
     Example:
         >>> import torch
@@ -229,6 +305,9 @@ class EquivarianceDeviation(_DeviationMetric):
         apply_softmax: bool = True,
         nan_strategy: str = "error",
         max_normalizer_pairs: int = DEFAULT_MAX_NORMALIZER_PAIRS,
+        num_classes: int | None = None,
+        keep_sample_deviations: bool = False,
+        border_mask: bool = False,
         **kwargs: Any,
     ) -> None:
         if not isinstance(action, RepresentationAction):
@@ -242,5 +321,8 @@ class EquivarianceDeviation(_DeviationMetric):
             nan_strategy,
             max_normalizer_pairs,
             action,
+            num_classes,
+            keep_sample_deviations,
+            border_mask,
             **kwargs,
         )
