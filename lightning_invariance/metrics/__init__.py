@@ -2,5 +2,15 @@
 
 from lightning_invariance.metrics.consistency import PredictionConsistency
 from lightning_invariance.metrics.deviation import EquivarianceDeviation, InvarianceDeviation
+from lightning_invariance.metrics.lie import LieDerivative
+from lightning_invariance.metrics.linear import LinearEquivariance
+from lightning_invariance.metrics.variance import NormalizedVariance
 
-__all__ = ["EquivarianceDeviation", "InvarianceDeviation", "PredictionConsistency"]
+__all__ = [
+    "EquivarianceDeviation",
+    "InvarianceDeviation",
+    "LieDerivative",
+    "LinearEquivariance",
+    "NormalizedVariance",
+    "PredictionConsistency",
+]

@@ -1,0 +1,138 @@
+"""Lie derivatives of a model's layers along a continuous transformation, with forward-mode autodiff."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+from torch.func import jvp
+from torchmetrics import Metric
+
+from lightning_invariance.functional.lie import GENERATORS, derivative_along
+from lightning_invariance.probe import CPU_CHUNK_SIZE, OUTPUT, _device_of, _measuring, features_of, resolve_layers
+
+__all__ = ["LieProbe"]
+
+LieConsumer = Callable[[str, Tensor, Tensor], None]
+#: Default inputs per forward pass on accelerators (a jvp costs about two forward passes).
+ACCELERATOR_LIE_CHUNK_SIZE = 1024
+
+
+class LieProbe:
+    """Compute ``f(x)`` and its Lie derivative ``L f(x)`` for named layers of a model, chunk by chunk.
+
+    ``L f(x) = d/dt f(T_t x)`` at ``t = 0`` for the layers in ``layers`` (invariance), and
+    ``d/dt [f(T_t x) - T_t f(x)]`` for those also in ``equivariant_layers`` (feature maps ``(N, C, H, W)`` that
+    should move with the input). The input's derivative along ``generator`` is taken with central differences
+    (:func:`~lightning_invariance.functional.lie.derivative_along`), the model's with one ``torch.func.jvp`` per
+    chunk; see :mod:`lightning_invariance.functional.lie` for the definitions. The model runs in eval mode with a
+    private RNG stream and no autograd graph, and its modes and hooks are restored afterwards, as in
+    :class:`~lightning_invariance.Probe`. Every operation in the model needs a forward-mode derivative (standard
+    layers have one; ``grid_sample`` inside a model does not).
+
+    Args:
+        model: the network (inputs are images ``(N, C, H, W)`` or ``(N, H, W)``).
+        generator: ``"rotation"`` (per radian), ``"scaling"`` (per unit log-scale), ``"translation_x"`` or
+            ``"translation_y"`` (per input pixel).
+        layers: module paths as in ``model.named_modules()``; ``"output"`` is the model output.
+        equivariant_layers: the layers (a subset of ``layers``) whose feature maps are compared with the
+            transformed map instead of with themselves.
+        chunk_size: inputs per jvp; ``None``: 128 on CPU, 1024 on accelerators.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> probe = LieProbe(model, "rotation")
+        >>> shapes = []
+        >>> probe.run(torch.randn(5, 1, 8, 8), lambda name, f, d: shapes.append((name, tuple(d.shape))))
+        >>> shapes
+        [('output', (5, 3))]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        generator: str,
+        layers: Sequence[str] = (OUTPUT,),
+        equivariant_layers: Sequence[str] = (),
+        chunk_size: int | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}.")
+        if generator not in GENERATORS:
+            raise ValueError(f"Expected argument `generator` to be one of {GENERATORS} but got {generator!r}.")
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        equivariant_layers = [equivariant_layers] if isinstance(equivariant_layers, str) else list(equivariant_layers)
+        if not layers or len(set(layers)) != len(layers):
+            raise ValueError(f"Expected distinct layer names in `layers`, got {layers}.")
+        stray = [name for name in equivariant_layers if name not in layers]
+        if stray:
+            raise ValueError(f"`equivariant_layers` names {stray}, which are not in `layers` {layers}.")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"Expected `chunk_size` to be a positive int or None, but got {chunk_size!r}.")
+        self.model, self.generator, self.chunk_size = model, generator, chunk_size
+        self.layers, self.equivariant_layers = layers, set(equivariant_layers)
+        self._modules = resolve_layers(model, layers)
+
+    def update(self, x: Tensor, metrics: Mapping[str, Metric | Iterable[Metric]]) -> None:
+        """Run ``x`` and call ``metric.update(features, derivatives)`` of ``metrics[layer]`` for every chunk."""
+        unknown = sorted(set(metrics) - set(self.layers))
+        if unknown:
+            raise KeyError(f"metrics are given for layers {unknown} that this probe does not capture {self.layers}.")
+        targets = {name: [value] if isinstance(value, Metric) else list(value) for name, value in metrics.items()}
+
+        def feed(name: str, features: Tensor, derivatives: Tensor) -> None:
+            for metric in targets.get(name, ()):
+                metric.update(features, derivatives)
+
+        self.run(x, feed)
+
+    def run(self, x: Tensor, consume: LieConsumer) -> None:
+        """Call ``consume(layer, features, derivatives)`` (both ``(n, ...)``, detached) per layer and chunk."""
+        if not isinstance(x, Tensor) or x.ndim < 3 or x.shape[0] == 0 or not x.is_floating_point():
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"LieProbe needs a non-empty float image batch (N, H, W) or (N, C, H, W), got {shape}.")
+        device = _device_of(self.model, x)
+        chunk = self.chunk_size or (CPU_CHUNK_SIZE if device.type == "cpu" else ACCELERATOR_LIE_CHUNK_SIZE)
+        input_size = (x.shape[-2], x.shape[-1])
+        captured: dict[str, Tensor] = {}
+
+        def hook_for(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                captured[name] = features_of(output, name).clone()  # a later in-place op must not change it
+
+            return hook
+
+        def forward(inputs: Tensor) -> tuple[Tensor, ...]:
+            captured.clear()
+            self.model(inputs)
+            missing = [name for name in self.layers if name not in captured]
+            if missing:
+                raise RuntimeError(f"Layer(s) {missing} did not run during the forward pass; check the module paths.")
+            return tuple(captured[name] for name in self.layers)
+
+        handles = []
+        with _measuring(self.model, device):
+            try:
+                for name, module in self._modules.items():
+                    handles.append(module.register_forward_hook(hook_for(name)))
+                for start in range(0, x.shape[0], chunk):
+                    inputs = x[start : start + chunk].to(device)
+                    tangent = derivative_along(inputs, self.generator)
+                    values, derivatives = jvp(forward, (inputs,), (tangent,))
+                    for name, value, derivative in zip(self.layers, values, derivatives, strict=True):
+                        if name in self.equivariant_layers:
+                            derivative = derivative - self._moved_derivative(name, value, input_size)
+                        consume(name, value.detach(), derivative.detach())
+            finally:
+                for handle in handles:
+                    handle.remove()
+
+    def _moved_derivative(self, name: str, value: Tensor, input_size: tuple[int, int]) -> Tensor:
+        if value.ndim < 3:
+            raise ValueError(
+                f"Layer {name!r} is in `equivariant_layers` but returned shape {tuple(value.shape)}; the "
+                "transformation moves feature maps (N, C, H, W) only."
+            )
+        return derivative_along(value, self.generator, input_size)
