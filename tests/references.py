@@ -133,3 +133,53 @@ def reference_stderr(batches: Sequence[Tensor], distance: str, reference: str) -
     n = len(per_sample)
     mean = sum(per_sample) / n
     return math.sqrt(sum((v - mean) ** 2 for v in per_sample) / (n - 1) / n)
+
+
+def reference_variances(batches: Sequence[Tensor]) -> tuple[list[float], list[float]]:
+    """Per-unit transformation and sample variance (population) of 3-D orbit batches ``(|G|, n, U)``, by loops."""
+    num_elements, num_units = batches[0].shape[0], batches[0].shape[2]
+    samples = [
+        [[float(b[g, i, u]) for u in range(num_units)] for g in range(num_elements)]
+        for b in batches
+        for i in range(b.shape[1])
+    ]  # samples[n][g][u]
+
+    def variance(values: list[float]) -> float:
+        mean = sum(values) / len(values)
+        return sum((v - mean) ** 2 for v in values) / len(values)
+
+    transformation = [
+        sum(variance([s[g][u] for g in range(num_elements)]) for s in samples) / len(samples) for u in range(num_units)
+    ]
+    sample = [
+        sum(variance([s[g][u] for s in samples]) for g in range(num_elements)) / num_elements for u in range(num_units)
+    ]
+    return transformation, sample
+
+
+def reference_ridge_maps(fit: Tensor, ridge_penalty: float) -> list[list[list[float]]]:
+    """Solve (X^T X + penalty I_w) M = X^T Y_g for each element by Gauss-Jordan elimination, X = [f(x), 1]."""
+    num_elements, num_samples, width = fit.shape
+    rows = [[float(v) for v in fit[0, n]] + [1.0] for n in range(num_samples)]
+    size = width + 1
+    xtx = [[sum(r[i] * r[j] for r in rows) for j in range(size)] for i in range(size)]
+    for i in range(width):
+        xtx[i][i] += ridge_penalty
+    maps = []
+    for g in range(num_elements):
+        xty = [
+            [sum(rows[n][i] * float(fit[g, n, d]) for n in range(num_samples)) for d in range(width)]
+            for i in range(size)
+        ]
+        a = [xtx[i][:] + xty[i][:] for i in range(size)]
+        for col in range(size):
+            pivot = max(range(col, size), key=lambda r: abs(a[r][col]))
+            a[col], a[pivot] = a[pivot], a[col]
+            lead = a[col][col]
+            a[col] = [v / lead for v in a[col]]
+            for r in range(size):
+                if r != col and a[r][col] != 0:
+                    factor = a[r][col]
+                    a[r] = [v - factor * w for v, w in zip(a[r], a[col], strict=True)]
+        maps.append([row[size:] for row in a])
+    return maps
