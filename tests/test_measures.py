@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from references import reference_ridge_maps, reference_variances
 
 from lightning_invariance import LieProbe
 from lightning_invariance.functional import (
@@ -30,6 +29,8 @@ from lightning_invariance.metrics import (
     LinearEquivariance,
     NormalizedVariance,
 )
+
+from references import reference_ridge_maps, reference_variances
 
 
 def _random_batches(seed: int, sizes=(5, 1, 7, 3, 9, 2), units: int = 4) -> list[torch.Tensor]:
