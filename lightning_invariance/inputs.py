@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["InputGetter", "make_input_getter"]
+__all__ = ["InputGetter", "make_input_getter", "make_target_getter"]
 
 InputGetter = Callable[[Any], Tensor]
 
@@ -55,6 +55,31 @@ def make_input_getter(input_key: str | int | Callable[[Any], Tensor] | None = No
                 found += f" of length {len(batch)}"
             raise TypeError(f"input_key={input_key} needs a tuple/list batch with that index; got {found}.")
         return _require_tensor(batch[input_key], f"element {input_key} of the batch")
+
+    return get
+
+
+def make_target_getter(target_key: str | int | Callable[[Any], Tensor] | None = None) -> InputGetter:
+    """Build ``batch -> labels``, like :func:`make_input_getter`.
+
+    ``None`` takes element 1 of a tuple/list or the ``"target"``, ``"y"``, ``"label"`` or ``"labels"`` entry of a
+    dict.
+    """
+    if target_key is not None:
+        return make_input_getter(target_key)
+
+    def get(batch: Any) -> Tensor:
+        if isinstance(batch, (tuple, list)) and len(batch) > 1:
+            return _require_tensor(batch[1], "element 1 of the batch (the labels)")
+        if isinstance(batch, Mapping):
+            for key in ("target", "y", "label", "labels"):
+                if key in batch:
+                    return _require_tensor(batch[key], f"batch[{key!r}]")
+        found = sorted(map(str, batch)) if isinstance(batch, Mapping) else type(batch).__name__
+        raise KeyError(
+            f"Cannot find the labels in the batch ({found}): pass `target_key` (an index, a dict key, or a callable "
+            "batch -> labels)."
+        )
 
     return get
 

@@ -8,15 +8,31 @@ import torch
 from torch import Tensor
 
 from lightning_invariance.groups.actions import RepresentationAction
-from lightning_invariance.metrics import EquivarianceDeviation, InvarianceDeviation, PredictionConsistency
+from lightning_invariance.metrics import (
+    EquivarianceDeviation,
+    InvarianceDeviation,
+    LieDerivative,
+    LinearEquivariance,
+    NormalizedVariance,
+    PredictionConsistency,
+)
 from lightning_invariance.probe import OUTPUT
 
-__all__ = ["DEVIATION_SCORES", "SCORES", "LayerScores", "metric_name"]
+__all__ = ["DEVIATION_SCORES", "SCORES", "LayerScores", "ScoreOptions", "metric_name"]
 
 #: Scores read off the deviation metric's summary.
 DEVIATION_SCORES = ("geed", "geed_normalized", "stderr", "max")
+#: Scores of the variance metric (Quiroga et al.), and the summary keys they are read from.
+VARIANCE_SCORES = {
+    "normalized_variance": "normalized_variance",
+    "transformation_variance": "transformation_variance",
+    "sample_variance": "sample_variance",
+    "dead_units": "num_dead_units",
+}
+#: Scores of the fitted linear maps (Lenc & Vedaldi): held-out fitted G-EED and invariance G-EED, normalised.
+LINEAR_SCORES = {"linear_equivariance": "linear_geed_normalized", "linear_invariance": "invariance_geed_normalized"}
 #: Every score the callback can log; ``consistency`` applies to the model output only.
-SCORES = (*DEVIATION_SCORES, "consistency")
+SCORES = (*DEVIATION_SCORES, "consistency", *VARIANCE_SCORES, *LINEAR_SCORES, "lie_derivative")
 
 
 def metric_name(prefix: str, layer: str, score: str, dataloader_idx: int, num_dataloaders: int) -> str:
@@ -25,50 +41,104 @@ def metric_name(prefix: str, layer: str, score: str, dataloader_idx: int, num_da
     return f"{name}/dataloader_idx_{dataloader_idx}" if num_dataloaders > 1 else name
 
 
+@dataclass(frozen=True)
+class ScoreOptions:
+    """What the callback asks of every layer's metrics."""
+
+    num_elements: int
+    scores: tuple[str, ...]
+    distance: str
+    reference: str
+    action: RepresentationAction | None
+    num_classes: int | None = None
+    keep_sample_deviations: bool = False
+    border_mask: bool = False
+
+
 @dataclass
 class LayerScores:
-    """A deviation metric (raw G-EED; the summary gives the normalised one too) and, for the output, consistency."""
+    """The metrics of one layer: the G-EED always; consistency, variances, fitted maps and Lie derivative on demand."""
 
     deviation: InvarianceDeviation | EquivarianceDeviation
-    consistency: PredictionConsistency | None
+    consistency: PredictionConsistency | None = None
+    variance: NormalizedVariance | None = None
+    linear: LinearEquivariance | None = None
+    lie: LieDerivative | None = None
 
     @classmethod
-    def create(
-        cls,
-        layer: str,
-        num_elements: int,
-        scores: tuple[str, ...],
-        distance: str,
-        reference: str,
-        action: RepresentationAction | None,
-        device: torch.device,
-    ) -> LayerScores:
+    def create(cls, layer: str, options: ScoreOptions, device: torch.device) -> LayerScores:
         """Fresh metrics for one layer, on ``device``."""
-        if action is None:
-            deviation = InvarianceDeviation(num_elements, distance=distance, reference=reference)
+        extras = {"num_classes": options.num_classes, "keep_sample_deviations": options.keep_sample_deviations}
+        if options.action is None:
+            deviation = InvarianceDeviation(
+                options.num_elements, distance=options.distance, reference=options.reference, **extras
+            )
         else:
-            deviation = EquivarianceDeviation(action, num_elements, distance=distance)
-        wants_consistency = "consistency" in scores and layer == OUTPUT
-        consistency = PredictionConsistency(num_elements) if wants_consistency else None
-        return cls(deviation.to(device), None if consistency is None else consistency.to(device))
+            deviation = EquivarianceDeviation(
+                options.action,
+                options.num_elements,
+                distance=options.distance,
+                border_mask=options.border_mask,
+                **extras,
+            )
+        scores = options.scores
+        wants = {
+            "consistency": "consistency" in scores and layer == OUTPUT,
+            "variance": any(score in VARIANCE_SCORES for score in scores),
+            "linear": any(score in LINEAR_SCORES for score in scores),
+            "lie": "lie_derivative" in scores,
+        }
+        built = cls(
+            deviation.to(device),
+            PredictionConsistency(options.num_elements) if wants["consistency"] else None,
+            NormalizedVariance() if wants["variance"] else None,
+            LinearEquivariance(options.num_elements) if wants["linear"] else None,
+            LieDerivative() if wants["lie"] else None,
+        )
+        for metric in built._optional():
+            metric.to(device)
+        return built
 
-    def update(self, features: Tensor) -> None:
-        """Add one chunk of orbit features."""
-        self.deviation.update(features)
-        if self.consistency is not None:
-            self.consistency.update(features)
+    def _optional(self) -> list:
+        return [m for m in (self.consistency, self.variance, self.linear, self.lie) if m is not None]
+
+    def update(self, features: Tensor, labels: Tensor | None = None) -> None:
+        """Add one chunk of orbit features (and its samples' labels when per-class scores are kept)."""
+        self.deviation.update(features, labels)
+        for metric in (self.consistency, self.variance, self.linear):
+            if metric is not None:
+                metric.update(features)
+
+    def update_lie(self, features: Tensor, derivatives: Tensor) -> None:
+        """Add one chunk of representations and their Lie derivatives."""
+        if self.lie is not None:
+            self.lie.update(features, derivatives)
+
+    def fit_linear_maps(self) -> None:
+        """End the fitting phase of the linear maps: later chunks are held out."""
+        if self.linear is not None:
+            self.linear.fit()
 
     def compute(self) -> dict[str, Tensor]:
-        """Every score (synchronised across processes), ``per_element`` included, as float64 tensors."""
+        """Every score (synchronised across processes), per-element and per-class values included, as tensors."""
         summary = self.deviation.compute_summary()
         keep = (*DEVIATION_SCORES, "per_element", "per_element_normalized", "num_samples")
-        values = {key: summary[key] for key in keep}
+        keep += ("per_class", "per_class_normalized", "sample_deviations")
+        values = {key: summary[key] for key in keep if key in summary}
         if self.consistency is not None:
             values["consistency"] = 1.0 - self.consistency.compute_summary()["geed"]
+        if self.variance is not None:
+            variance = self.variance.compute_summary()
+            values |= {score: variance[key] for score, key in VARIANCE_SCORES.items()}
+        if self.linear is not None and self.linear.fitted:
+            linear = self.linear.compute_summary()
+            values |= {score: linear[key] for score, key in LINEAR_SCORES.items()}
+        if self.lie is not None:
+            values["lie_derivative"] = self.lie.compute_summary()["lie_derivative"]
         return values
 
     def reset(self) -> None:
         """Forget everything seen, ready for the next measurement."""
         self.deviation.reset()
-        if self.consistency is not None:
-            self.consistency.reset()
+        for metric in self._optional():
+            metric.reset()

@@ -18,12 +18,14 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_invariance.callbacks._scores import SCORES, LayerScores, metric_name
+from lightning_invariance.callbacks._scores import LINEAR_SCORES, SCORES, LayerScores, ScoreOptions, metric_name
 from lightning_invariance.callbacks._tensorboard import figure_of_per_element_scores, scalars_layout
 from lightning_invariance.functional.distances import DISTANCES, REFERENCES
+from lightning_invariance.functional.lie import GENERATORS
 from lightning_invariance.groups.actions import RepresentationAction
 from lightning_invariance.groups.base import Group
-from lightning_invariance.inputs import make_input_getter
+from lightning_invariance.inputs import make_input_getter, make_target_getter
+from lightning_invariance.lie_probe import LieProbe
 from lightning_invariance.probe import OUTPUT, Probe, resolve_layers
 
 __all__ = ["InvarianceMonitor"]
@@ -47,8 +49,13 @@ class InvarianceMonitor(Callback):
     Args:
         group: the transformations (e.g. ``CyclicRotation(4)``).
         layers: module paths as in ``pl_module.named_modules()``; ``"output"`` is the model output.
-        scores: any of ``"geed"``, ``"geed_normalized"``, ``"stderr"``, ``"max"`` and ``"consistency"``
-            (prediction consistency of the output, for classifiers).
+        scores: any of ``"geed"``, ``"geed_normalized"``, ``"stderr"``, ``"max"``, ``"consistency"``
+            (prediction consistency of the output, for classifiers); the variance measures of Quiroga et al.
+            ``"normalized_variance"``, ``"transformation_variance"``, ``"sample_variance"`` and ``"dead_units"``;
+            the fitted linear maps of Lenc & Vedaldi ``"linear_equivariance"`` (held-out G-EED against ``M_g f(x)``,
+            normalised) and ``"linear_invariance"`` (the invariance G-EED of the same pooled features); and
+            ``"lie_derivative"`` (Gruver et al., needs ``lie_generator``). The fitted maps need ``max_samples``: the
+            first half of the cached inputs fits them, the second half is held out.
         distance: ``"euclidean"``, ``"cosine"``, ``"kl"`` or ``"discrete"``.
         reference: ``"centroid"`` or ``"identity"`` (invariance only; equivariance compares with the action).
         action: an action on the layers' representations to measure equivariance instead of invariance (for
@@ -70,6 +77,18 @@ class InvarianceMonitor(Callback):
         figure_every_n: see ``log_figures``.
         prefix: first part of every logged name.
         print_summary: print a table of first versus last scores when ``fit`` ends.
+        lie_generator: the continuous transformation of the ``"lie_derivative"`` score: ``"rotation"``,
+            ``"scaling"``, ``"translation_x"`` or ``"translation_y"``. With an ``action`` the layers' feature maps are
+            expected to move with the input (equivariant Lie derivative), otherwise to stay put.
+        num_classes: also log ``geed``/``geed_normalized`` per class (``.../class_<c>``), reading labels from the
+            batches with ``target_key``.
+        target_key: how to take the labels out of a batch: ``None`` (element 1 of a tuple or list, or the
+            ``"target"``/``"y"``/``"label"``/``"labels"`` entry of a dict), an index, a dict key, or a callable.
+        border_mask: with an action, compare only the region each element leaves valid (interpolated rotations and
+            scalings leave empty corners).
+        log_histograms: log a TensorBoard histogram of the per-sample deviations of every layer
+            (``<prefix>/<layer>/sample_deviations``), which shows the few large failures a mean can hide; ``None``
+            does so when the logger is a ``TensorBoardLogger``.
 
     Raises:
         MisconfigurationException: for an argument out of range; in ``setup``, for a layer name the model does not
@@ -109,6 +128,11 @@ class InvarianceMonitor(Callback):
         figure_every_n: int = 5,
         prefix: str = "invariance",
         print_summary: bool = True,
+        lie_generator: str | None = None,
+        num_classes: int | None = None,
+        target_key: str | int | Callable[[Any], Tensor] | None = None,
+        border_mask: bool = False,
+        log_histograms: bool | None = None,
     ) -> None:
         if not isinstance(group, Group):
             raise MisconfigurationException(
@@ -142,6 +166,7 @@ class InvarianceMonitor(Callback):
             raise MisconfigurationException(f"`dataloaders` must be None or non-negative indices, got {dataloaders!r}.")
         if not isinstance(prefix, str) or not prefix:
             raise MisconfigurationException(f"`prefix` must be a non-empty string, got {prefix!r}.")
+        _check_measure_options(self.scores, max_samples, lie_generator, num_classes, border_mask, action)
         self.distance, self.reference, self.action = distance, reference, action
         self.every_n_epochs, self.max_samples, self.chunk_size = every_n_epochs, max_samples, chunk_size
         self.dataloaders = None if dataloaders is None else sorted(set(dataloaders))
@@ -149,6 +174,12 @@ class InvarianceMonitor(Callback):
         self.log_figures, self.figure_every_n = log_figures, figure_every_n
         self.prefix, self.print_summary = prefix, print_summary
         self._get_input = make_input_getter(input_key)
+        self.lie_generator, self.num_classes, self.border_mask = lie_generator, num_classes, border_mask
+        self.log_histograms = log_histograms
+        self._get_target = make_target_getter(target_key) if num_classes is not None else None
+        self._lie_probe: LieProbe | None = None
+        self._histograms_enabled = False
+        self._sample_deviations: dict[tuple[int, str], Tensor] = {}
 
         self.history: list[dict[str, Any]] = []
         self._fit_validation_runs = 0
@@ -156,7 +187,7 @@ class InvarianceMonitor(Callback):
         self._measuring_now = False
         self._probe: Probe | None = None
         self._scores: dict[tuple[int, str], LayerScores] = {}
-        self._cache: dict[int, list[Tensor]] = {}
+        self._cache: dict[int, list[tuple[Tensor, Tensor | None]]] = {}
         self._cache_complete: set[int] = set()
         self._layout_written = False
         self._figures_enabled = False
@@ -173,6 +204,9 @@ class InvarianceMonitor(Callback):
         except ValueError as error:
             raise MisconfigurationException(f"InvarianceMonitor: {error}") from error
         self._probe = Probe(pl_module, self.group, self.layers, chunk_size=self.chunk_size)
+        if self.lie_generator is not None:
+            equivariant = [layer for layer in self.layers if self.action is not None and layer != OUTPUT]
+            self._lie_probe = LieProbe(pl_module, self.lie_generator, self.layers, equivariant, self.chunk_size)
         # inputs are cached per run: a later `validate(dataloaders=...)` must not measure fit's inputs
         self._cache, self._cache_complete, self._scores = {}, set(), {}
         tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
@@ -181,6 +215,9 @@ class InvarianceMonitor(Callback):
             missing = "a TensorBoardLogger" if not tensorboard else "matplotlib (pip install matplotlib)"
             raise MisconfigurationException(f"InvarianceMonitor(log_figures=True) needs {missing}.")
         self._figures_enabled = tensorboard and has_matplotlib if self.log_figures is None else self.log_figures
+        if self.log_histograms and not tensorboard:
+            raise MisconfigurationException("InvarianceMonitor(log_histograms=True) needs a TensorBoardLogger.")
+        self._histograms_enabled = tensorboard if self.log_histograms is None else self.log_histograms
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -211,7 +248,7 @@ class InvarianceMonitor(Callback):
             return
         inputs = self._input_of(batch, batch_idx, dataloader_idx)
         if self.max_samples is None:
-            self._measure(inputs, dataloader_idx)
+            self._measure(*inputs, dataloader_idx)
         else:
             self._add_to_cache(inputs, dataloader_idx)
 
@@ -307,41 +344,58 @@ class InvarianceMonitor(Callback):
             for layer in self.layers:
                 key = (index, layer)
                 if key not in self._scores:
-                    self._scores[key] = LayerScores.create(
-                        layer,
+                    options = ScoreOptions(
                         len(self.group),
                         self.scores,
                         self.distance,
                         self.reference,
                         self.action,
-                        pl_module.device,
+                        self.num_classes,
+                        self._histograms_enabled,
+                        self.border_mask,
                     )
+                    self._scores[key] = LayerScores.create(layer, options, pl_module.device)
                 self._scores[key].reset()
 
-    def _input_of(self, batch: Any, batch_idx: int, dataloader_idx: int) -> Tensor:
+    def _input_of(self, batch: Any, batch_idx: int, dataloader_idx: int) -> tuple[Tensor, Tensor | None]:
         try:
             inputs = self._get_input(batch)
             self.group.act(inputs[:1], 0)
+            labels = None if self._get_target is None else self._get_target(batch)
+            if labels is not None and labels.shape[:1] != inputs.shape[:1]:
+                raise ValueError(
+                    f"the labels have shape {tuple(labels.shape)}, not one per input ({inputs.shape[0]} inputs)"
+                )
         except (TypeError, KeyError, ValueError) as error:
             raise MisconfigurationException(
                 f"InvarianceMonitor could not measure validation batch {batch_idx} of dataloader {dataloader_idx}: "
                 f"{error}"
             ) from error
-        return inputs
+        return inputs, labels
 
-    def _add_to_cache(self, inputs: Tensor, dataloader_idx: int) -> None:
+    def _add_to_cache(self, batch: tuple[Tensor, Tensor | None], dataloader_idx: int) -> None:
         cached = self._cache.setdefault(dataloader_idx, [])
-        room = self.max_samples - sum(len(x) for x in cached)
+        room = self.max_samples - sum(len(x) for x, _ in cached)
         if room <= 0:
             return
-        with torch.inference_mode(False):  # a normal tensor, usable outside validation's inference mode
-            cached.append(inputs[:room].detach().clone())
+        inputs, labels = batch
+        with torch.inference_mode(False):  # normal tensors, usable outside validation's inference mode
+            cached.append((inputs[:room].detach().clone(), None if labels is None else labels[:room].clone()))
 
-    def _measure(self, inputs: Tensor, dataloader_idx: int) -> None:
+    def _measure(self, inputs: Tensor, labels: Tensor | None, dataloader_idx: int) -> None:
         assert self._probe is not None
         metrics = {layer: self._scores[(dataloader_idx, layer)] for layer in self.layers}
+        offsets = dict.fromkeys(self.layers, 0)
+
+        def feed(name: str, features: Tensor) -> None:
+            start, offsets[name] = offsets[name], offsets[name] + features.shape[1]
+            chunk_labels = None if labels is None else labels[start : offsets[name]].to(features.device)
+            metrics[name].update(features, chunk_labels)
+
         try:
-            self._probe.run(inputs, lambda name, features: metrics[name].update(features))
+            self._probe.run(inputs, feed)
+            if self._lie_probe is not None:
+                self._lie_probe.run(inputs, lambda name, f, derivatives: metrics[name].update_lie(f, derivatives))
         except ValueError as error:
             raise MisconfigurationException(
                 f"InvarianceMonitor could not measure inputs of shape {tuple(inputs.shape)} from dataloader "
@@ -352,6 +406,7 @@ class InvarianceMonitor(Callback):
         indices = self._selected_indices(trainer)
         values: dict[str, float] = {}
         per_element: dict[tuple[int, str], dict[str, list[float]]] = {}
+        self._sample_deviations = {}
         for index in indices:
             for layer in self.layers:
                 computed = self._scores[(index, layer)].compute()
@@ -359,11 +414,16 @@ class InvarianceMonitor(Callback):
                     "geed": computed["per_element"].tolist(),
                     "geed_normalized": computed["per_element_normalized"].tolist(),
                 }
+                if "sample_deviations" in computed:
+                    self._sample_deviations[(index, layer)] = computed["sample_deviations"]
                 for score in self.scores:
                     if score not in computed:
                         continue
                     name = metric_name(self.prefix, layer, score, index, len(indices))
                     values[name] = float(computed[score])
+                    if f"per_class{score[4:]}" in computed and score in ("geed", "geed_normalized"):
+                        for c, value in enumerate(computed[f"per_class{score[4:]}"].tolist()):
+                            values[metric_name(self.prefix, layer, f"{score}/class_{c}", index, len(indices))] = value
                     if self.log_per_element and score in per_element[(index, layer)]:
                         for element, value in zip(self.group.names, per_element[(index, layer)][score], strict=True):
                             values[metric_name(self.prefix, layer, f"{score}/{element}", index, len(indices))] = value
@@ -405,10 +465,10 @@ class InvarianceMonitor(Callback):
                     break
                 inputs = self._input_of(batch, batch_idx, index)
                 if self.max_samples is None:
-                    self._measure(inputs, index)
+                    self._measure(*inputs, index)
                     continue
                 self._add_to_cache(inputs, index)
-                if sum(len(x) for x in self._cache[index]) >= self.max_samples:
+                if sum(len(x) for x, _ in self._cache[index]) >= self.max_samples:
                     break
             if self.max_samples is not None:
                 self._measure_cache(index)
@@ -416,8 +476,19 @@ class InvarianceMonitor(Callback):
     def _measure_cache(self, index: int) -> None:
         """Close dataloader ``index``'s input cache (it is not filled again) and measure every cached batch."""
         self._cache_complete.add(index)
-        for inputs in self._cache.get(index, []):
-            self._measure(inputs, index)
+        cached = self._cache.get(index, [])
+        if not any(score in LINEAR_SCORES for score in self.scores):
+            for inputs, labels in cached:
+                self._measure(inputs, labels, index)
+            return
+        # the fitted linear maps: the first half of the cached inputs fits them, the second half is held out
+        fit_part, held_out = _split_batches(cached, sum(len(x) for x, _ in cached) // 2)
+        for inputs, labels in fit_part:
+            self._measure(inputs, labels, index)
+        for layer in self.layers:
+            self._scores[(index, layer)].fit_linear_maps()
+        for inputs, labels in held_out:
+            self._measure(inputs, labels, index)
 
     def _write_tensorboard_extras(
         self, trainer: pl.Trainer, per_element: dict[tuple[int, str], dict[str, list[float]]]
@@ -441,6 +512,13 @@ class InvarianceMonitor(Callback):
             for writer in writers:
                 writer.add_custom_scalars(scalars_layout(self.prefix, names))
             self._layout_written = True
+        if self._histograms_enabled:
+            for (index, layer), deviations in self._sample_deviations.items():
+                tag = metric_name(
+                    self.prefix, layer, "sample_deviations", index, len(per_element and {i for i, _ in per_element})
+                )
+                for writer in writers:
+                    writer.add_histogram(tag, deviations.float().cpu(), global_step=trainer.global_step)
         if not self._figures_enabled or (len(self.history) - 1) % self.figure_every_n:
             return
         score = "geed_normalized" if "geed_normalized" in self.scores else "geed"
@@ -454,6 +532,47 @@ class InvarianceMonitor(Callback):
             tag = metric_name(self.prefix, "figures", score, index, len(indices))
             for writer in writers:
                 writer.add_figure(tag, figure, global_step=trainer.global_step, close=False)
+
+
+def _split_batches(
+    batches: list[tuple[Tensor, Tensor | None]], count: int
+) -> tuple[list[tuple[Tensor, Tensor | None]], list[tuple[Tensor, Tensor | None]]]:
+    """The first ``count`` samples of a list of (inputs, labels) batches, and the rest."""
+    first, rest, seen = [], [], 0
+    for inputs, labels in batches:
+        take = min(max(count - seen, 0), len(inputs))
+        if take:
+            first.append((inputs[:take], None if labels is None else labels[:take]))
+        if take < len(inputs):
+            rest.append((inputs[take:], None if labels is None else labels[take:]))
+        seen += len(inputs)
+    return first, rest
+
+
+def _check_measure_options(
+    scores: Sequence[str],
+    max_samples: int | None,
+    lie_generator: str | None,
+    num_classes: int | None,
+    border_mask: bool,
+    action: RepresentationAction | None,
+) -> None:
+    if any(score in LINEAR_SCORES for score in scores) and max_samples is None:
+        raise MisconfigurationException(
+            "The linear_* scores fit maps on half of the cached inputs and test them on the other half: set "
+            "`max_samples` (e.g. 512), not None."
+        )
+    if ("lie_derivative" in scores) != (lie_generator is not None):
+        raise MisconfigurationException(
+            f'The "lie_derivative" score and `lie_generator` (one of {GENERATORS}) go together; got scores='
+            f"{tuple(scores)} and lie_generator={lie_generator!r}."
+        )
+    if lie_generator is not None:
+        _check_options("lie_generator", (lie_generator,), GENERATORS)
+    if num_classes is not None:
+        _check_positive("num_classes", num_classes)
+    if border_mask and (action is None or action.trivial):
+        raise MisconfigurationException("`border_mask=True` needs a spatial `action` (equivariance of feature maps).")
 
 
 def _check_options(name: str, values: Sequence[str], allowed: Sequence[str]) -> None:
