@@ -18,10 +18,18 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_invariance.callbacks._helpers import (
+    check_measure_options,
+    check_options,
+    check_positive,
+    has_matplotlib,
+    python_and_numpy_rng,
+    restore_python_and_numpy_rng,
+    split_batches,
+)
 from lightning_invariance.callbacks._scores import LINEAR_SCORES, SCORES, LayerScores, ScoreOptions, metric_name
 from lightning_invariance.callbacks._tensorboard import figure_of_per_element_scores, scalars_layout
 from lightning_invariance.functional.distances import DISTANCES, REFERENCES
-from lightning_invariance.functional.lie import GENERATORS
 from lightning_invariance.groups.actions import RepresentationAction
 from lightning_invariance.groups.base import Group
 from lightning_invariance.inputs import make_input_getter, make_target_getter
@@ -141,9 +149,9 @@ class InvarianceMonitor(Callback):
         self.group = group
         self.layers = [layers] if isinstance(layers, str) else list(layers)
         self.scores = tuple([scores] if isinstance(scores, str) else scores)
-        _check_options("scores", self.scores, SCORES)
-        _check_options("distance", (distance,), DISTANCES)
-        _check_options("reference", (reference,), REFERENCES)
+        check_options("scores", self.scores, SCORES)
+        check_options("distance", (distance,), DISTANCES)
+        check_options("reference", (reference,), REFERENCES)
         if not self.layers or not self.scores:
             raise MisconfigurationException("`layers` and `scores` must each name at least one item.")
         if "consistency" in self.scores and OUTPUT not in self.layers:
@@ -154,19 +162,19 @@ class InvarianceMonitor(Callback):
                     f"`action` must be a RepresentationAction, got {type(action).__name__}."
                 )
             action.check_group(group)
-        _check_positive("every_n_epochs", every_n_epochs)
+        check_positive("every_n_epochs", every_n_epochs)
         if chunk_size is not None:
-            _check_positive("chunk_size", chunk_size)
-        _check_positive("figure_every_n", figure_every_n)
+            check_positive("chunk_size", chunk_size)
+        check_positive("figure_every_n", figure_every_n)
         if max_samples is not None:
-            _check_positive("max_samples", max_samples)
+            check_positive("max_samples", max_samples)
         if isinstance(dataloaders, int):
             dataloaders = [dataloaders]
         if dataloaders is not None and (not dataloaders or any(not isinstance(i, int) or i < 0 for i in dataloaders)):
             raise MisconfigurationException(f"`dataloaders` must be None or non-negative indices, got {dataloaders!r}.")
         if not isinstance(prefix, str) or not prefix:
             raise MisconfigurationException(f"`prefix` must be a non-empty string, got {prefix!r}.")
-        _check_measure_options(self.scores, max_samples, lie_generator, num_classes, border_mask, action)
+        check_measure_options(self.scores, max_samples, lie_generator, num_classes, border_mask, action)
         self.distance, self.reference, self.action = distance, reference, action
         self.every_n_epochs, self.max_samples, self.chunk_size = every_n_epochs, max_samples, chunk_size
         self.dataloaders = None if dataloaders is None else sorted(set(dataloaders))
@@ -210,11 +218,11 @@ class InvarianceMonitor(Callback):
         # inputs are cached per run: a later `validate(dataloaders=...)` must not measure fit's inputs
         self._cache, self._cache_complete, self._scores = {}, set(), {}
         tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
-        has_matplotlib = _has_matplotlib()
-        if self.log_figures and not (tensorboard and has_matplotlib):
+        matplotlib_found = has_matplotlib()
+        if self.log_figures and not (tensorboard and matplotlib_found):
             missing = "a TensorBoardLogger" if not tensorboard else "matplotlib (pip install matplotlib)"
             raise MisconfigurationException(f"InvarianceMonitor(log_figures=True) needs {missing}.")
-        self._figures_enabled = tensorboard and has_matplotlib if self.log_figures is None else self.log_figures
+        self._figures_enabled = tensorboard and matplotlib_found if self.log_figures is None else self.log_figures
         if self.log_histograms and not tensorboard:
             raise MisconfigurationException("InvarianceMonitor(log_histograms=True) needs a TensorBoardLogger.")
         self._histograms_enabled = tensorboard if self.log_histograms is None else self.log_histograms
@@ -444,12 +452,12 @@ class InvarianceMonitor(Callback):
             return
         loaders = combined.flattened  # the dataloaders as the validation loop iterates them (samplers included)
         self._prepare(trainer, pl_module)
-        states = _python_and_numpy_rng()
+        states = python_and_numpy_rng()
         try:
             with torch.random.fork_rng():
                 self._fill_baseline(trainer, loaders)
         finally:
-            _restore_python_and_numpy_rng(states)
+            restore_python_and_numpy_rng(states)
         values, per_element = self._compute(trainer)
         for logger in trainer.loggers:
             logger.log_metrics(values, step=trainer.global_step)
@@ -482,7 +490,7 @@ class InvarianceMonitor(Callback):
                 self._measure(inputs, labels, index)
             return
         # the fitted linear maps: the first half of the cached inputs fits them, the second half is held out
-        fit_part, held_out = _split_batches(cached, sum(len(x) for x, _ in cached) // 2)
+        fit_part, held_out = split_batches(cached, sum(len(x) for x, _ in cached) // 2)
         for inputs, labels in fit_part:
             self._measure(inputs, labels, index)
         for layer in self.layers:
@@ -532,83 +540,3 @@ class InvarianceMonitor(Callback):
             tag = metric_name(self.prefix, "figures", score, index, len(indices))
             for writer in writers:
                 writer.add_figure(tag, figure, global_step=trainer.global_step, close=False)
-
-
-def _split_batches(
-    batches: list[tuple[Tensor, Tensor | None]], count: int
-) -> tuple[list[tuple[Tensor, Tensor | None]], list[tuple[Tensor, Tensor | None]]]:
-    """The first ``count`` samples of a list of (inputs, labels) batches, and the rest."""
-    first, rest, seen = [], [], 0
-    for inputs, labels in batches:
-        take = min(max(count - seen, 0), len(inputs))
-        if take:
-            first.append((inputs[:take], None if labels is None else labels[:take]))
-        if take < len(inputs):
-            rest.append((inputs[take:], None if labels is None else labels[take:]))
-        seen += len(inputs)
-    return first, rest
-
-
-def _check_measure_options(
-    scores: Sequence[str],
-    max_samples: int | None,
-    lie_generator: str | None,
-    num_classes: int | None,
-    border_mask: bool,
-    action: RepresentationAction | None,
-) -> None:
-    if any(score in LINEAR_SCORES for score in scores) and max_samples is None:
-        raise MisconfigurationException(
-            "The linear_* scores fit maps on half of the cached inputs and test them on the other half: set "
-            "`max_samples` (e.g. 512), not None."
-        )
-    if ("lie_derivative" in scores) != (lie_generator is not None):
-        raise MisconfigurationException(
-            f'The "lie_derivative" score and `lie_generator` (one of {GENERATORS}) go together; got scores='
-            f"{tuple(scores)} and lie_generator={lie_generator!r}."
-        )
-    if lie_generator is not None:
-        _check_options("lie_generator", (lie_generator,), GENERATORS)
-    if num_classes is not None:
-        _check_positive("num_classes", num_classes)
-    if border_mask and (action is None or action.trivial):
-        raise MisconfigurationException("`border_mask=True` needs a spatial `action` (equivariance of feature maps).")
-
-
-def _check_options(name: str, values: Sequence[str], allowed: Sequence[str]) -> None:
-    bad = [value for value in values if value not in allowed]
-    if bad:
-        raise MisconfigurationException(f"`{name}` accepts {tuple(allowed)}, but got {bad[0]!r}.")
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise MisconfigurationException(f"`{name}` must be a positive int, got {value!r}.")
-
-
-def _has_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _python_and_numpy_rng() -> tuple[Any, Any]:
-    import random
-
-    try:
-        import numpy
-    except ImportError:  # pragma: no cover
-        return random.getstate(), None
-    return random.getstate(), numpy.random.get_state()
-
-
-def _restore_python_and_numpy_rng(states: tuple[Any, Any]) -> None:
-    import random
-
-    random.setstate(states[0])
-    if states[1] is not None:
-        import numpy
-
-        numpy.random.set_state(states[1])
