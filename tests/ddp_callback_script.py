@@ -23,11 +23,30 @@ def main(out_dir: str, devices: int) -> None:
     monitor = InvarianceMonitor(
         CyclicRotation(4), layers=["net.features.2", "output"], scores=("geed", "max", "consistency"), max_samples=None
     )
+    # every new measure on the 48 validation inputs: 24 cached per process under DDP (the first half of each
+    # process's share, samples 0..23 together, fits the linear maps), all 48 in one process
+    measures = InvarianceMonitor(
+        CyclicRotation(4),
+        layers=["net.features.2", "output"],
+        scores=(
+            "geed",
+            "normalized_variance",
+            "sample_variance",
+            "dead_units",
+            "linear_equivariance",
+            "linear_invariance",
+            "lie_derivative",
+        ),
+        max_samples=48 // devices,
+        lie_generator="rotation",
+        num_classes=4,
+        prefix="measures",
+    )
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
-        callbacks=[monitor],
+        callbacks=[monitor, measures],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
