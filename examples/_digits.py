@@ -78,7 +78,7 @@ class DigitsClassifier(pl.LightningModule):
         self.log("train_loss", loss, on_epoch=True, on_step=False)
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         images, labels = batch
         logits = self(images)
         self.log("val_loss", nn.functional.cross_entropy(logits, labels))

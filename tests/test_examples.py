@@ -68,3 +68,18 @@ def test_standalone_example_prints_its_claims(capsys):
     symmetric = float(lines["rotation-symmetric kernel"].split()[-1])
     mlp = float(lines["MLP on the flattened set"].split()[-1])
     assert deepset < 1e-5 and symmetric < 1e-5 and mlp > 0.1
+
+
+def test_paper_questions_write_tables_and_figures(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    _example("paper_questions").main(["--epochs", "2", "--logdir", str(tmp_path)])
+    out_dir = tmp_path / "paper_questions"
+    tables = (out_dir / "tables.md").read_text()
+    for title in ("(a) Augmentation vs none", "(b) Pre-trained vs scratch", "(c) In distribution"):
+        assert title in tables
+    assert "output Lie derivative" in tables and "relu2 fitted linear" in tables
+    assert tables.count("\n| ") == 3 * 1 + 2 + 2 + 4  # three headers and 2 + 2 + 4 rows
+    for key in "abc":
+        assert (out_dir / f"question_{key}.png").stat().st_size > 10_000
+    assert "(c) In distribution vs out of distribution" in capsys.readouterr().out
