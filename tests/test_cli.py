@@ -33,7 +33,9 @@ trainer:
           init_args:
             n: 4
         layers: [net.features.2, output]
-        scores: [geed, geed_normalized]
+        scores: [geed, geed_normalized, normalized_variance, linear_equivariance, lie_derivative]
+        lie_generator: rotation
+        num_classes: 4
         max_samples: 16
         prefix: d4
     - class_path: lightning_invariance.InvarianceMonitor
@@ -65,6 +67,10 @@ def test_yaml_config_with_nested_group_and_csv_logger(tmp_path):
         "d4/output/geed",
         "d4/output/geed_normalized",
         "d4/net.features.2/geed",
+        "d4/output/normalized_variance",
+        "d4/output/linear_equivariance",
+        "d4/net.features.2/lie_derivative",
+        "d4/output/geed/class_3",
         "equivariance/net.features.2/geed",
     ):
         assert name in header
