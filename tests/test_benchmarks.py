@@ -16,6 +16,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("vs_loop.py", "speed-up"),
         ("scaling.py", "time / linear"),
         ("callback_overhead.py", "added / training epoch"),
+        ("measures_overhead.py", "measure / floor"),
     ],
 )
 def test_benchmark_script_runs(script, expected):
