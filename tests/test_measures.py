@@ -118,6 +118,20 @@ def test_fitted_maps_of_a_permutation_are_the_permutation_and_held_out_error_zer
     assert float(summary["invariance_geed_normalized"]) > 0.5  # equivariant, not invariant
 
 
+def test_fitted_maps_of_a_linear_model_are_known_in_closed_form():
+    # f(x) = W x with W invertible and g a permutation P: f(g.x) = W P x = (W P W^-1) f(x), so M_g = W P W^-1
+    generator = torch.Generator().manual_seed(4)
+    weight = torch.randn(6, 6, generator=generator, dtype=torch.float64) + 3 * torch.eye(6, dtype=torch.float64)
+    group = Permutation(dim=1, num_elements=3, seed=1)
+    metric = LinearEquivariance(num_elements=3, ridge=0.0)
+    metric.update(group.orbit(torch.randn(40, 6, generator=generator, dtype=torch.float64)) @ weight.T)
+    maps = metric.fit()
+    for k in range(3):
+        permutation = group.act(torch.eye(6, dtype=torch.float64), k).T  # x -> P x as a matrix on columns
+        expected = weight @ permutation @ torch.linalg.inv(weight)  # f(g.x) = expected @ f(x)
+        assert torch.allclose(maps[k, :6], expected.T, atol=1e-8)  # rows act on [f(x), 1] from the right
+
+
 def test_linear_equivariance_equals_loops_with_ridge():
     generator = torch.Generator().manual_seed(5)
     fit = torch.randn(3, 15, 4, generator=generator, dtype=torch.float64)
