@@ -162,3 +162,10 @@ def test_labels_missing_from_the_batch_fail_on_the_first_batch(tmp_path):
     model.validation_step = lambda batch, batch_idx: None
     with pytest.raises(MisconfigurationException, match="labels"):
         _trainer(tmp_path, [monitor], max_epochs=1).validate(model)
+
+
+def test_a_cache_too_small_to_fit_the_linear_maps_warns_and_logs_the_rest(tmp_path):
+    monitor = InvarianceMonitor(GROUP, scores=("geed", "linear_equivariance"), max_samples=1)
+    with pytest.warns(UserWarning, match="fit the linear maps"):
+        _trainer(tmp_path, [monitor], max_epochs=1).validate(ImageClassifier())
+    assert set(monitor.history[-1]["values"]) == {"invariance/output/geed"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_invariance.groups.actions import RepresentationAction
@@ -115,9 +116,18 @@ class LayerScores:
             self.lie.update(features, derivatives)
 
     def fit_linear_maps(self) -> None:
-        """End the fitting phase of the linear maps: later chunks are held out."""
-        if self.linear is not None:
-            self.linear.fit()
+        """End the fitting phase of the linear maps: later chunks are held out.
+
+        Without any fitting input (a cache of one input) the maps stay unfitted, with a warning, and the linear
+        scores are not logged this time. Under DDP every process needs inputs: the fit sums are reduced across
+        processes.
+        """
+        if self.linear is None:
+            return
+        if float(self.linear.fit_samples) == 0 and not torch.distributed.is_initialized():
+            rank_zero_warn("InvarianceMonitor: no cached input is left to fit the linear maps; skipping linear_*.")
+            return
+        self.linear.fit()
 
     def compute(self) -> dict[str, Tensor]:
         """Every score (synchronised across processes), per-element and per-class values included, as tensors."""

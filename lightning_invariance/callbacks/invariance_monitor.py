@@ -38,6 +38,9 @@ from lightning_invariance.probe import OUTPUT, Probe, resolve_layers
 
 __all__ = ["InvarianceMonitor"]
 
+#: The summary entry holding the per-class values of a score that has them.
+PER_CLASS_KEYS = {"geed": "per_class", "geed_normalized": "per_class_normalized"}
+
 
 class InvarianceMonitor(Callback):
     r"""Log the G-EED of the model output and named layers under ``group`` during ``fit`` and ``validate``.
@@ -429,8 +432,9 @@ class InvarianceMonitor(Callback):
                         continue
                     name = metric_name(self.prefix, layer, score, index, len(indices))
                     values[name] = float(computed[score])
-                    if f"per_class{score[4:]}" in computed and score in ("geed", "geed_normalized"):
-                        for c, value in enumerate(computed[f"per_class{score[4:]}"].tolist()):
+                    per_class = PER_CLASS_KEYS.get(score)
+                    if per_class in computed:
+                        for c, value in enumerate(computed[per_class].tolist()):
                             values[metric_name(self.prefix, layer, f"{score}/class_{c}", index, len(indices))] = value
                     if self.log_per_element and score in per_element[(index, layer)]:
                         for element, value in zip(self.group.names, per_element[(index, layer)][score], strict=True):
