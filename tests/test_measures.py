@@ -334,3 +334,11 @@ def test_border_mask_needs_a_spatial_action_and_a_vector_distance():
         equivariance_deviation(orbit, TrivialAction(), border_mask=True)
     with pytest.raises(ValueError, match="'euclidean' or 'cosine'"):
         equivariance_deviation(orbit, SpatialAction(CyclicRotation(4)), distance="kl", border_mask=True)
+
+
+def test_valid_masks_of_cyclic_rotations():
+    c8 = CyclicRotation(8)
+    assert c8.valid_mask(2, (9, 9)) is None  # rot90: exact
+    corner = c8.valid_mask(1, (9, 9))
+    assert corner[0, 0] == 0 and corner[4, 4] == 1
+    assert CyclicRotation(4).valid_mask(1, (5, 5)) is None

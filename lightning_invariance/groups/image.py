@@ -58,6 +58,15 @@ class CyclicRotation(Group):
     def _act(self, x: Tensor, k: int) -> Tensor:
         return _rotate(x, self.degrees[k])
 
+    def valid_mask(self, k: int, shape: tuple[int, ...]) -> Tensor | None:
+        """``None`` for the exact multiples of 90 degrees; for the others, 1 where the rotated image has content."""
+        quarter_turns = self.degrees[k] / 90.0
+        if math.isclose(quarter_turns, round(quarter_turns), abs_tol=1e-9):
+            return None
+        ones = torch.ones(1, shape[-2], shape[-1], dtype=torch.float64)
+        coverage = affine_transform(ones, rotation_matrix(self.degrees[k]))[0]
+        return (coverage >= 1.0 - 1e-6).to(torch.get_default_dtype())
+
     def __repr__(self) -> str:
         return f"CyclicRotation(n={self.n})"
 
