@@ -91,7 +91,8 @@ def main() -> None:
     print(" consistency: fraction of (digit, rotation) pairs whose predicted label matches the upright prediction)")
     print(f"\nTensorBoard logs: {Path(results[False]['log_dir']).parent.resolve()}")
     print(f"View the curves:  tensorboard --logdir {args.logdir.resolve()}")
-    print("(SCALARS: invariance/<layer>/<score> per run; CUSTOM SCALARS: all layers on one chart; IMAGES: per-element)")
+    print("(SCALARS: invariance/<layer>/<score> per run; CUSTOM SCALARS: all layers on one chart; IMAGES: per-element;")
+    print(" HISTOGRAMS: each input's deviation, invariance/<layer>/sample_deviations)")
 
 
 if __name__ == "__main__":
