@@ -120,14 +120,14 @@ class _DeviationMetric(Metric):
         distances = distances.to(self.element_sum.device)
         self.element_sum.add_(distances.sum(dim=1))
         self.num_samples.add_(distances.shape[1])
-        self.sample_sq_sum.add_(distances.mean(dim=0).square().sum())
+        per_sample = distances.mean(dim=0)  # each sample's mean distance over the group
+        self.sample_sq_sum.add_(per_sample.square().sum())
         if distances.numel():
             torch.maximum(self.max_deviation, distances.max(), out=self.max_deviation)
         self.pair_sum.add_(pair_sum.to(self.pair_sum.device))
         self.pair_count.add_(pair_count.to(self.pair_count.device))
         if num_skipped:
             self.num_skipped.add_(num_skipped)
-        per_sample = distances.mean(dim=0)
         if self.num_classes is not None:
             kept_labels = labels if batch.kept is None else labels[batch.kept.to(labels.device)]
             kept_labels = kept_labels.to(self.class_sum.device, torch.long)
