@@ -10,7 +10,15 @@ from torch.func import jvp
 from torchmetrics import Metric
 
 from lightning_invariance.functional.lie import GENERATORS, derivative_along
-from lightning_invariance.probe import CPU_CHUNK_SIZE, OUTPUT, _device_of, _measuring, features_of, resolve_layers
+from lightning_invariance.probe import (
+    CPU_CHUNK_SIZE,
+    OUTPUT,
+    _device_of,
+    _hooks,
+    _measuring,
+    features_of,
+    resolve_layers,
+)
 
 __all__ = ["LieProbe"]
 
@@ -98,11 +106,8 @@ class LieProbe:
         input_size = (x.shape[-2], x.shape[-1])
         captured: dict[str, Tensor] = {}
 
-        def hook_for(name: str) -> Callable[..., None]:
-            def hook(module: nn.Module, args: Any, output: Any) -> None:
-                captured[name] = features_of(output, name).clone()  # a later in-place op must not change it
-
-            return hook
+        def capture(name: str, output: Any) -> None:
+            captured[name] = features_of(output, name).clone()  # a later in-place op must not change it
 
         def forward(inputs: Tensor) -> tuple[Tensor, ...]:
             captured.clear()
@@ -112,22 +117,15 @@ class LieProbe:
                 raise RuntimeError(f"Layer(s) {missing} did not run during the forward pass; check the module paths.")
             return tuple(captured[name] for name in self.layers)
 
-        handles = []
-        with _measuring(self.model, device):
-            try:
-                for name, module in self._modules.items():
-                    handles.append(module.register_forward_hook(hook_for(name)))
-                for start in range(0, x.shape[0], chunk):
-                    inputs = x[start : start + chunk].to(device)
-                    tangent = derivative_along(inputs, self.generator)
-                    values, derivatives = jvp(forward, (inputs,), (tangent,))
-                    for name, value, derivative in zip(self.layers, values, derivatives, strict=True):
-                        if name in self.equivariant_layers:
-                            derivative = derivative - self._moved_derivative(name, value, input_size)
-                        consume(name, value.detach(), derivative.detach())
-            finally:
-                for handle in handles:
-                    handle.remove()
+        with _measuring(self.model, device), _hooks(self._modules, capture):
+            for start in range(0, x.shape[0], chunk):
+                inputs = x[start : start + chunk].to(device)
+                tangent = derivative_along(inputs, self.generator)
+                values, derivatives = jvp(forward, (inputs,), (tangent,))
+                for name, value, derivative in zip(self.layers, values, derivatives, strict=True):
+                    if name in self.equivariant_layers:
+                        derivative = derivative - self._moved_derivative(name, value, input_size)
+                    consume(name, value.detach(), derivative.detach())
 
     def _moved_derivative(self, name: str, value: Tensor, input_size: tuple[int, int]) -> Tensor:
         if value.ndim < 3:
