@@ -190,7 +190,6 @@ class InvarianceMonitor(Callback):
         self._get_target = make_target_getter(target_key) if num_classes is not None else None
         self._lie_probe: LieProbe | None = None
         self._histograms_enabled = False
-        self._sample_deviations: dict[tuple[int, str], Tensor] = {}
 
         self.history: list[dict[str, Any]] = []
         self._fit_validation_runs = 0
@@ -416,8 +415,8 @@ class InvarianceMonitor(Callback):
     def _compute(self, trainer: pl.Trainer) -> tuple[dict[str, float], dict[tuple[int, str], dict[str, list[float]]]]:
         indices = self._selected_indices(trainer)
         values: dict[str, float] = {}
+        # per (dataloader, layer): per-element values of each score, and "sample_deviations" for the histograms
         per_element: dict[tuple[int, str], dict[str, list[float]]] = {}
-        self._sample_deviations = {}
         for index in indices:
             for layer in self.layers:
                 computed = self._scores[(index, layer)].compute()
@@ -426,7 +425,7 @@ class InvarianceMonitor(Callback):
                     "geed_normalized": computed["per_element_normalized"].tolist(),
                 }
                 if "sample_deviations" in computed:
-                    self._sample_deviations[(index, layer)] = computed["sample_deviations"]
+                    per_element[(index, layer)]["sample_deviations"] = computed["sample_deviations"].tolist()
                 for score in self.scores:
                     if score not in computed:
                         continue
@@ -525,12 +524,14 @@ class InvarianceMonitor(Callback):
                 writer.add_custom_scalars(scalars_layout(self.prefix, names))
             self._layout_written = True
         if self._histograms_enabled:
-            for (index, layer), deviations in self._sample_deviations.items():
-                tag = metric_name(
-                    self.prefix, layer, "sample_deviations", index, len(per_element and {i for i, _ in per_element})
-                )
+            num_dataloaders = len({index for index, _ in per_element})
+            for (index, layer), details in per_element.items():
+                if "sample_deviations" not in details:
+                    continue
+                tag = metric_name(self.prefix, layer, "sample_deviations", index, num_dataloaders)
+                deviations = torch.tensor(details["sample_deviations"], dtype=torch.float32)
                 for writer in writers:
-                    writer.add_histogram(tag, deviations.float().cpu(), global_step=trainer.global_step)
+                    writer.add_histogram(tag, deviations, global_step=trainer.global_step)
         if not self._figures_enabled or (len(self.history) - 1) % self.figure_every_n:
             return
         score = "geed_normalized" if "geed_normalized" in self.scores else "geed"
