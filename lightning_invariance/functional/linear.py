@@ -13,6 +13,7 @@ Gaussian matrix (seeded: the same in every process and epoch).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -44,10 +45,16 @@ def pooled_orbit(orbit_features: Tensor, pool_size: int = 2, max_features: int =
         values = F.adaptive_avg_pool3d(values.flatten(1, -4), pool_size)
     flat = values.flatten(1)
     if flat.shape[1] > max_features:
-        generator = torch.Generator().manual_seed(seed)
-        projection = torch.randn(flat.shape[1], max_features, generator=generator, dtype=torch.float64)
-        flat = flat @ (projection / math.sqrt(max_features)).to(flat.device)
+        flat = flat @ _projection(flat.shape[1], max_features, seed).to(flat.device)
     return flat.reshape(num_elements, num_samples, -1)
+
+
+@functools.lru_cache(maxsize=32)
+def _projection(width: int, max_features: int, seed: int) -> Tensor:
+    """The fixed ``(width, max_features)`` Gaussian projection, drawn once per shape (not on every update)."""
+    generator = torch.Generator().manual_seed(seed)
+    projection = torch.randn(width, max_features, generator=generator, dtype=torch.float64)
+    return projection / math.sqrt(max_features)
 
 
 def _design(identity_features: Tensor) -> Tensor:

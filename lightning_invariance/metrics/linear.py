@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_invariance.functional.deviation import DEFAULT_MAX_NORMALIZER_PAIRS
 from lightning_invariance.functional.distances import pair_distance_sums
 from lightning_invariance.functional.linear import (
     DEFAULT_RIDGE,
@@ -132,7 +133,7 @@ class LinearEquivariance(Metric):
         self.linear_sum.add_(linear.sum(dim=1))
         self.invariance_sum.add_(invariance.sum(dim=1))
         self.num_samples.add_(pooled.shape[1])
-        pair_sum, pair_count = pair_distance_sums(pooled[0], "euclidean", 4096)
+        pair_sum, pair_count = pair_distance_sums(pooled[0], "euclidean", DEFAULT_MAX_NORMALIZER_PAIRS)
         self.pair_sum.add_(pair_sum.to(self.pair_sum.device))
         self.pair_count.add_(pair_count.to(self.pair_count.device))
 
