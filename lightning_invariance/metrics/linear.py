@@ -17,6 +17,7 @@ from lightning_invariance.functional.linear import (
     fit_linear_maps,
     pooled_orbit,
 )
+from lightning_invariance.metrics._checks import check_positive
 
 __all__ = ["LinearEquivariance"]
 
@@ -85,8 +86,7 @@ class LinearEquivariance(Metric):
     ) -> None:
         super().__init__(**kwargs)
         for name, value in (("num_elements", num_elements), ("pool_size", pool_size), ("max_features", max_features)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Expected argument `{name}` to be a positive int, but got {value!r}.")
+            check_positive(name, value)
         if not isinstance(ridge, (int, float)) or ridge < 0:
             raise ValueError(f"Expected argument `ridge` to be a non-negative float, but got {ridge!r}.")
         self.num_elements, self.ridge, self.normalize = num_elements, float(ridge), bool(normalize)
