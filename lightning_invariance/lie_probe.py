@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 from torch.func import jvp
-from torchmetrics import Metric
+from torchmetrics import Metric, MetricCollection
 
 from lightning_invariance.functional.lie import GENERATORS, derivative_along
 from lightning_invariance.probe import (
@@ -17,6 +17,7 @@ from lightning_invariance.probe import (
     _hooks,
     _measuring,
     features_of,
+    metric_targets,
     resolve_layers,
 )
 
@@ -83,12 +84,9 @@ class LieProbe:
         self.layers, self.equivariant_layers = layers, set(equivariant_layers)
         self._modules = resolve_layers(model, layers)
 
-    def update(self, x: Tensor, metrics: Mapping[str, Metric | Iterable[Metric]]) -> None:
+    def update(self, x: Tensor, metrics: Mapping[str, Metric | MetricCollection | Iterable[Metric]]) -> None:
         """Run ``x`` and call ``metric.update(features, derivatives)`` of ``metrics[layer]`` for every chunk."""
-        unknown = sorted(set(metrics) - set(self.layers))
-        if unknown:
-            raise KeyError(f"metrics are given for layers {unknown} that this probe does not capture {self.layers}.")
-        targets = {name: [value] if isinstance(value, Metric) else list(value) for name, value in metrics.items()}
+        targets = metric_targets(metrics, self.layers)
 
         def feed(name: str, features: Tensor, derivatives: Tensor) -> None:
             for metric in targets.get(name, ()):

@@ -107,13 +107,7 @@ class Probe:
 
     def update(self, x: Tensor, metrics: Mapping[str, Metric | MetricCollection | Iterable[Metric]]) -> None:
         """Run the orbit of ``x`` and update ``metrics[layer]`` (a metric, a collection or several) per chunk."""
-        unknown = sorted(set(metrics) - set(self.layers))
-        if unknown:
-            raise KeyError(f"metrics are given for layers {unknown} that this probe does not capture {self.layers}.")
-        targets = {
-            name: [value] if isinstance(value, (Metric, MetricCollection)) else list(value)
-            for name, value in metrics.items()
-        }
+        targets = metric_targets(metrics, self.layers)
 
         def feed(name: str, features: Tensor) -> None:
             for metric in targets.get(name, ()):
@@ -166,6 +160,19 @@ class Probe:
                         f"Layer(s) {silent} did not run during the forward pass, so nothing was "
                         "captured; check the module paths against the model's forward."
                     )
+
+
+def metric_targets(
+    metrics: Mapping[str, Metric | MetricCollection | Iterable[Metric]], layers: Sequence[str]
+) -> dict[str, list[Metric | MetricCollection]]:
+    """``{layer: [metrics to update]}`` from a metric, a collection or several per layer; unknown layers raise."""
+    unknown = sorted(set(metrics) - set(layers))
+    if unknown:
+        raise KeyError(f"metrics are given for layers {unknown} that this probe does not capture {list(layers)}.")
+    return {
+        name: [value] if isinstance(value, (Metric, MetricCollection)) else list(value)
+        for name, value in metrics.items()
+    }
 
 
 def resolve_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
