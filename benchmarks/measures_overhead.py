@@ -69,7 +69,7 @@ def main() -> None:
                 model(x[start : start + 128])
 
     def lie() -> None:
-        lie_probe.update(x, {layer: LieDerivative() for layer in LAYERS})
+        lie_probe.update(x, {layer: LieDerivative(normalize=True) for layer in LAYERS})
 
     rounds = interleaved_seconds([orbit_floor, geed, all_orbit_measures, plain_floor, lie], repeats)
 

@@ -17,6 +17,7 @@ from lightning_invariance.metrics import (
     InvarianceDeviation,
     LieDerivative,
     LinearEquivariance,
+    LinearMapFit,
     NormalizedVariance,
     PredictionConsistency,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "LieDerivative",
     "LieProbe",
     "LinearEquivariance",
+    "LinearMapFit",
     "NormalizedVariance",
     "PredictionConsistency",
     "Probe",

@@ -10,6 +10,7 @@ from torch.func import jvp
 from torchmetrics import Metric, MetricCollection
 
 from lightning_invariance.functional.lie import GENERATORS, derivative_along
+from lightning_invariance.metrics._checks import check_optional_positive
 from lightning_invariance.probe import (
     CPU_CHUNK_SIZE,
     OUTPUT,
@@ -78,8 +79,7 @@ class LieProbe:
         stray = [name for name in equivariant_layers if name not in layers]
         if stray:
             raise ValueError(f"`equivariant_layers` names {stray}, which are not in `layers` {layers}.")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ValueError(f"Expected `chunk_size` to be a positive int or None, but got {chunk_size!r}.")
+        check_optional_positive("chunk_size", chunk_size)
         self.model, self.generator, self.chunk_size = model, generator, chunk_size
         self.layers, self.equivariant_layers = layers, set(equivariant_layers)
         self._modules = resolve_layers(model, layers)

@@ -10,7 +10,9 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
+from lightning_invariance._rng import cuda_indices, fork_rng
 from lightning_invariance.groups.base import Group
+from lightning_invariance.metrics._checks import check_optional_positive
 
 __all__ = ["OUTPUT", "Probe", "features_of", "resolve_layers"]
 
@@ -47,8 +49,9 @@ class Probe:
     go to the metrics from inside the hook, before the forward pass goes on: no copies, one layer's features held at a
     time (so a later in-place operation such as ``ReLU(inplace=True)`` cannot change them), and memory bounded by
     ``chunk_size``. During the pass the model
-    is in eval mode under ``torch.no_grad()``; afterwards its modules' train/eval flags, its hooks and the global
-    torch RNG states are as before, even when the model raises.
+    is in eval mode under ``torch.no_grad()``, compiled parts run eagerly, and the global RNGs (torch, Python, NumPy)
+    are forked; afterwards its modules' train/eval flags, its hooks and every RNG state are as before, even when the
+    model raises.
 
     Args:
         model: the network.
@@ -85,8 +88,7 @@ class Probe:
             raise ValueError('Expected at least one layer name in `layers` ("output" for the model output).')
         if len(set(layers)) != len(layers):
             raise ValueError(f"`layers` lists a name twice: {list(layers)}.")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ValueError(f"Expected `chunk_size` to be a positive int or None, but got {chunk_size!r}.")
+        check_optional_positive("chunk_size", chunk_size)
         self.model, self.group = model, group
         self.layers = list(layers)
         self.chunk_size = chunk_size
@@ -126,7 +128,7 @@ class Probe:
             raise TypeError(f"Expected the input batch to be a torch.Tensor, but got {type(x).__name__}.")
         if x.ndim < 1 or x.shape[0] == 0:
             raise ValueError(f"Expected a non-empty batch with the sample axis first, got shape {tuple(x.shape)}.")
-        self.group.act(x[:1], 0)  # shape check before any forward pass
+        self.group.check_input(x)  # before any forward pass
         device = _device_of(self.model, x)
         calls = dict.fromkeys(self.layers, 0)
         chunk_inputs = [0]
@@ -176,8 +178,14 @@ def metric_targets(
 
 
 def resolve_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
-    """Map layer names to modules; ``"output"`` (or ``""``) is the model itself. Unknown names raise ``ValueError``."""
+    """Map layer names to modules; ``"output"`` (or ``""``) is the model itself. Unknown names raise ``ValueError``.
+
+    In a ``torch.compile``-d model (or submodule) a layer may be named with or without the ``_orig_mod.`` part that
+    compilation adds to module paths: ``"0"`` and ``"_orig_mod.0"`` are the same layer.
+    """
     modules = dict(model.named_modules())
+    for name, module in list(modules.items()):
+        modules.setdefault(_uncompiled_name(name), module)
     if OUTPUT in modules:
         raise ValueError(
             f"The model has a submodule named {OUTPUT!r}, which clashes with the name of the model's "
@@ -190,13 +198,17 @@ def resolve_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Modu
         elif name in modules:
             resolved[name] = modules[name]
         else:
-            valid = [n for n in modules if n]
+            valid = [n for n in modules if n and "_orig_mod" not in n.split(".")]
             shown = ", ".join(repr(n) for n in valid[:40]) + (f", ... ({len(valid)} in all)" if len(valid) > 40 else "")
             raise ValueError(
                 f"Unknown layer {name!r}. Valid names are {OUTPUT!r} (the model output) and the module "
                 f"paths of model.named_modules(): {shown}."
             )
     return resolved
+
+
+def _uncompiled_name(name: str) -> str:
+    return ".".join(part for part in name.split(".") if part != "_orig_mod")
 
 
 def _device_of(model: nn.Module, x: Tensor) -> torch.device:
@@ -209,15 +221,25 @@ def _device_of(model: nn.Module, x: Tensor) -> torch.device:
 
 @contextlib.contextmanager
 def _measuring(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Eval mode, no autograd and a private RNG stream; each module's train/eval mode restored on the way out."""
+    """Eval mode, no autograd, eager execution and private RNG streams; modes restored on the way out.
+
+    Compiled code (``torch.compile`` of the model or of a submodule) runs eagerly here: dynamo would otherwise trace
+    the measuring hooks into the graph, or skip hooks registered after compilation, and the captured layers would
+    see nothing. The values are those of the eager model, which a compiled model matches to float tolerance.
+    """
     modes = [(module, module.training) for module in model.modules()]
-    cuda_devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=cuda_devices):
+        with torch.no_grad(), fork_rng(cuda_indices(device)), _eager():
             model.eval()
             yield
     finally:
         restore_modes(modes)
+
+
+def _eager() -> contextlib.AbstractContextManager[None]:
+    """Run ``torch.compile``-d code eagerly inside the block (a no-op on torch versions without compiler stances)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 def restore_modes(modes: Sequence[tuple[nn.Module, bool]]) -> None:

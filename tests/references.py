@@ -82,13 +82,16 @@ def reference_distances(
     return table
 
 
-def reference_pair_sums(orbit: Tensor, distance: str, apply_softmax: bool = True) -> tuple[float, int]:
-    """Sum and count of ``m(f(x_i), f(x_j))`` over ordered pairs ``i != j`` of the untransformed samples."""
-    items = [_represent(orbit[0, i], distance, apply_softmax) for i in range(orbit.shape[1])]
+def reference_pair_sums(
+    batches: Sequence[Tensor], distance: str, apply_softmax: bool = True, window: int = 64
+) -> tuple[float, int]:
+    """Sum and count of ``m(f(x_i), f(x_j))`` over ordered pairs ``0 < |i - j| < window`` of the untransformed samples
+    of all batches, in order (with at most ``window`` samples: every pair ``i != j``)."""
+    items = [_represent(orbit[0, i], distance, apply_softmax) for orbit in batches for i in range(orbit.shape[1])]
     total, count = 0.0, 0
     for i, a in enumerate(items):
         for j, b in enumerate(items):
-            if i != j:
+            if i != j and abs(i - j) < window:
                 total += _item_distance(a, b, distance)
                 count += 1
     return total, count
@@ -101,18 +104,20 @@ def reference_geed(
     normalize: bool = False,
     apply_softmax: bool = True,
     action: Callable[[Tensor, int], Tensor] | None = None,
+    window: int = 64,
 ) -> float:
-    """G-EED over several batches (the normaliser pairs samples within a batch)."""
-    total, count, pair_total, pair_count = 0.0, 0, 0.0, 0
+    """G-EED over several batches (the normaliser pairs samples fewer than ``window`` apart, in the order of all
+    batches)."""
+    total, count = 0.0, 0
     for orbit in batches:
         table = reference_distances(orbit, distance, reference, apply_softmax, action)
         total += sum(sum(row) for row in table)
         count += len(table) * len(table[0])
-        if normalize:
-            s, c = reference_pair_sums(orbit, distance, apply_softmax)
-            pair_total, pair_count = pair_total + s, pair_count + c
     geed = total / count
-    return geed / (pair_total / pair_count) if normalize else geed
+    if not normalize:
+        return geed
+    pair_total, pair_count = reference_pair_sums(batches, distance, apply_softmax, window)
+    return geed / (pair_total / pair_count)
 
 
 def reference_per_element(batches: Sequence[Tensor], distance: str, reference: str) -> list[float]:
@@ -135,8 +140,11 @@ def reference_stderr(batches: Sequence[Tensor], distance: str, reference: str) -
     return math.sqrt(sum((v - mean) ** 2 for v in per_sample) / (n - 1) / n)
 
 
-def reference_variances(batches: Sequence[Tensor]) -> tuple[list[float], list[float]]:
-    """Per-unit transformation and sample variance (population) of 3-D orbit batches ``(|G|, n, U)``, by loops."""
+def reference_variances(batches: Sequence[Tensor], spread: str = "variance") -> tuple[list[float], list[float]]:
+    """Per-unit transformation and sample spread of 3-D orbit batches ``(|G|, n, U)``, by loops.
+
+    ``spread``: ``"variance"`` (population) or ``"std"`` (standard deviation with n - 1, 0 for one value: tmeasures).
+    """
     num_elements, num_units = batches[0].shape[0], batches[0].shape[2]
     samples = [
         [[float(b[g, i, u]) for u in range(num_units)] for g in range(num_elements)]
@@ -146,7 +154,10 @@ def reference_variances(batches: Sequence[Tensor]) -> tuple[list[float], list[fl
 
     def variance(values: list[float]) -> float:
         mean = sum(values) / len(values)
-        return sum((v - mean) ** 2 for v in values) / len(values)
+        squares = sum((v - mean) ** 2 for v in values)
+        if spread == "variance":
+            return squares / len(values)
+        return math.sqrt(squares / (len(values) - 1)) if len(values) > 1 else 0.0
 
     transformation = [
         sum(variance([s[g][u] for g in range(num_elements)]) for s in samples) / len(samples) for u in range(num_units)

@@ -12,7 +12,7 @@ from lightning_invariance import (
     InvarianceMonitor,
     LieDerivative,
     LieProbe,
-    LinearEquivariance,
+    LinearMapFit,
     NormalizedVariance,
     Probe,
 )
@@ -48,7 +48,8 @@ def _monitor(**kwargs) -> InvarianceMonitor:
 def _standalone(model, inputs, labels, layer) -> dict[str, float]:
     """Every score of one layer, measured directly on the 40 cached inputs (batches of 16 as validation gives)."""
     deviation = InvarianceDeviation(4, normalize=True, num_classes=4)
-    variance, linear, lie = NormalizedVariance(), LinearEquivariance(4), LieDerivative()
+    variance, fit, lie = NormalizedVariance(), LinearMapFit(4), LieDerivative(normalize=True)
+    linear = None
     probe, lie_probe = Probe(model, GROUP, [layer]), LieProbe(model, "rotation", [layer])
     parts = [(inputs[s : s + 16], labels[s : s + 16]) for s in range(0, 40, 16)]  # 16, 16, 8
     halves = (
@@ -60,12 +61,12 @@ def _standalone(model, inputs, labels, layer) -> dict[str, float]:
     )
     for phase, batches in enumerate(halves):
         if phase == 1:
-            linear.fit()
+            linear = fit.held_out_metric(normalize=True)
         for x, y in batches:
             features = probe.orbit_features(x)[layer]
             deviation.update(features, y)
             variance.update(features)
-            linear.update(features)
+            (linear or fit).update(features)
             lie_probe.update(x, {layer: lie})
     summary, fitted = deviation.compute_summary(), linear.compute_summary()
     return {

@@ -1,4 +1,8 @@
-"""Two CPU processes (gloo), each updating half of the data, must give the one-process answer."""
+"""Two CPU processes (gloo), each updating a consecutive share of the data, must give the one-process answer.
+
+Shares are consecutive (rank 0 first): the normaliser pairs samples by their order, and a sync joins the processes'
+samples in rank order, so this is the order one process would see.
+"""
 
 import os
 import socket
@@ -11,7 +15,7 @@ import torch.multiprocessing as mp
 from lightning_invariance.metrics import (
     InvarianceDeviation,
     LieDerivative,
-    LinearEquivariance,
+    LinearMapFit,
     NormalizedVariance,
     PredictionConsistency,
 )
@@ -44,13 +48,20 @@ def _worker(rank: int, world_size: int, port: int, path: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         metrics = _metrics()
-        for batch in _batches()[rank::world_size]:
+        for batch in _share(_batches(), rank, world_size):
             for metric in metrics.values():
                 metric.update(batch)
         results = _results(metrics)
         torch.save(results, f"{path}.{rank}")
     finally:
         dist.destroy_process_group()
+
+
+def _share(batches: list, rank: int, world_size: int) -> list:
+    """Rank ``rank``'s consecutive share: uneven on purpose (rank 0 gets one batch fewer)."""
+    assert world_size == 2
+    cut = len(batches) // 2 - 1 if len(batches) > 2 else 1
+    return batches[:cut] if rank == 0 else batches[cut:]
 
 
 def _free_port() -> int:
@@ -80,8 +91,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
 def _new_measures() -> dict:
     return {
         "variance": NormalizedVariance(),
-        "linear": LinearEquivariance(NUM_ELEMENTS, ridge=0.01),
-        "lie": LieDerivative(),
+        "lie": LieDerivative(normalize=True),
         "classes": InvarianceDeviation(NUM_ELEMENTS, num_classes=3, keep_sample_deviations=True),
     }
 
@@ -95,30 +105,33 @@ def _new_worker(rank: int, world_size: int, port: int, path: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         batches = _batches()
-        mine = batches[rank : len(batches) // 2 : world_size] + batches[len(batches) // 2 + rank :: world_size]
         # rank r fits on its share of the first half and evaluates its share of the second half
-        measures = _new_measures()
-        half = len(batches[rank : len(batches) // 2 : world_size])
-        results = _feed_split(measures, mine, half)
+        fit, held_out = batches[: len(batches) // 2], batches[len(batches) // 2 :]
+        results = _feed_split(_new_measures(), _share(fit, rank, world_size), _share(held_out, rank, world_size))
         torch.save(results, f"{path}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-def _feed_split(measures: dict, batches: list[torch.Tensor], num_fit: int) -> dict:
-    for i, batch in enumerate(batches):
+def _feed_split(
+    measures: dict, fit: list[torch.Tensor], held_out: list[torch.Tensor], stream: list[torch.Tensor] | None = None
+) -> dict:
+    """Fit the maps on ``fit``, measure them on ``held_out``; the other measures see ``stream`` (both, in order)."""
+    fitting = LinearMapFit(NUM_ELEMENTS, ridge=0.01)
+    for batch in fit + held_out if stream is None else stream:
         measures["variance"].update(batch + 3.0)
         measures["lie"].update(batch[0], batch[1])
         measures["classes"].update(batch, _labels(batch))
-        if i < num_fit:
-            measures["linear"].update(batch)
-    measures["linear"].fit()
-    for batch in batches[num_fit:]:
-        measures["linear"].update(batch)
+    for batch in fit:
+        fitting.update(batch)
+    linear = fitting.held_out_metric()
+    for batch in held_out:
+        linear.update(batch)
+    measures["linear"] = linear
     out = {
         f"{name}_{key}": value for name, metric in measures.items() for key, value in metric.compute_summary().items()
     }
-    out["linear_maps"] = measures["linear"].maps
+    out["linear_maps"] = linear.maps
     return out
 
 
@@ -126,7 +139,11 @@ def _feed_split(measures: dict, batches: list[torch.Tensor], num_fit: int) -> di
 def test_new_measures_in_two_gloo_processes_equal_one(tmp_path):
     path = str(tmp_path / "results")
     mp.spawn(_new_worker, args=(2, _free_port(), path), nprocs=2, join=True)
-    expected = _feed_split(_new_measures(), _batches(), len(_batches()) // 2)
+    batches = _batches()
+    fit, held_out = batches[: len(batches) // 2], batches[len(batches) // 2 :]
+    # one process sees rank 0's share of both halves, then rank 1's
+    order = _share(fit, 0, 2) + _share(held_out, 0, 2), _share(fit, 1, 2) + _share(held_out, 1, 2)
+    expected = _feed_split(_new_measures(), fit, held_out, order[0] + order[1])
     for rank in range(2):
         got = torch.load(f"{path}.{rank}")
         assert set(got) == set(expected)

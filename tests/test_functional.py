@@ -11,7 +11,7 @@ from lightning_invariance.functional import (
 )
 from lightning_invariance.groups import CyclicRotation, SpatialAction, TrivialAction
 
-from references import reference_geed
+from references import reference_geed, reference_pair_sums
 
 torch.manual_seed(42)
 SHAPES = [(4, 6, 5), (8, 9, 3, 4), (2, 5, 2, 3, 3), (1, 4, 7)]
@@ -97,17 +97,15 @@ def test_tagtorch_definitions():
     assert invariance_deviation(orbit, distance="kl").item() == pytest.approx(kl.item(), abs=1e-6)
 
 
-def test_normalizer_pair_budget_uses_evenly_spaced_subset():
+def test_normalizer_window_pairs_samples_fewer_than_window_apart():
     orbit = torch.randn(3, 50, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    exact = invariance_deviation(orbit, normalize=True)
-    budget = invariance_deviation(orbit, normalize=True, max_normalizer_pairs=100)  # 10 * 9 <= 100 < 11 * 10
-    subset = orbit[:, [0, 5, 11, 16, 22, 27, 33, 38, 44, 49]]  # round(linspace(0, 49, 10))
-    assert budget.item() == pytest.approx(
-        reference_geed([orbit])
-        / (reference_geed([subset], normalize=False) / reference_geed([subset], normalize=True)),
-        rel=1e-9,
-    )
-    assert budget.item() == pytest.approx(exact.item(), rel=0.05)  # 90 pairs estimate the mean of 2450 well
+    windowed = invariance_deviation(orbit, normalize=True, normalizer_window=10)
+    pair_total, pair_count = reference_pair_sums([orbit], "euclidean", window=10)
+    assert pair_count == 2 * sum(min(i, 9) for i in range(50))
+    assert windowed.item() == pytest.approx(reference_geed([orbit]) / (pair_total / pair_count), rel=1e-9)
+    every_pair = invariance_deviation(orbit, normalize=True, normalizer_window=50)
+    assert every_pair.item() == pytest.approx(reference_geed([orbit], normalize=True, window=50), rel=1e-9)
+    assert windowed.item() == pytest.approx(every_pair.item(), rel=0.05)  # 9 partners a sample estimate the mean
 
 
 def test_cosine_of_zero_vectors():
@@ -162,15 +160,18 @@ def test_equivariance_rejects_action_that_changes_shape():
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine", "kl", "discrete"])
-def test_all_pairs_by_gram_matrix_equals_elementwise_pairs(distance):
-    from lightning_invariance.functional.distances import _shifted_pairs_sum, pair_distance_sums, to_distance_space
+def test_window_pairs_by_gram_matrix_equal_elementwise_pairs(distance):
+    from lightning_invariance.functional.distances import per_sample_distance, to_distance_space
+    from lightning_invariance.functional.normalizer import window_pair_sums
 
     features = torch.randn(1, 9, 6, dtype=torch.float64)
     features[0, 3] = 0.0  # a zero vector (cosine's special case)
     space = to_distance_space(features, distance, apply_softmax=True)[0]
-    total, count = pair_distance_sums(space, distance, max_pairs=10_000)
-    assert count.item() == 72
-    assert total.item() == pytest.approx(_shifted_pairs_sum(space, distance, 8).item(), rel=1e-10, abs=1e-12)
+    total, count = window_pair_sums(space, distance, window=4)
+    pairs = [(i, j) for i in range(9) for j in range(9) if i != j and abs(i - j) < 4]
+    assert count == len(pairs) == 2 * (1 + 2 + 3 * 6)
+    expected = sum(float(per_sample_distance(space[i], space[j], distance)) for i, j in pairs)
+    assert total.item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
 
 
 def test_kl_pairs_with_zero_probabilities():

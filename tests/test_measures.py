@@ -27,6 +27,7 @@ from lightning_invariance.metrics import (
     InvarianceDeviation,
     LieDerivative,
     LinearEquivariance,
+    LinearMapFit,
     NormalizedVariance,
 )
 
@@ -42,46 +43,72 @@ def _random_batches(seed: int, sizes=(5, 1, 7, 3, 9, 2), units: int = 4) -> list
 # ---------------------------------------------------------------- variance measures (Quiroga et al.)
 
 
+@pytest.mark.parametrize("definition", ["tmeasures", "channel_variance"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_variances_one_pass_equal_loops_over_all_batches(seed):
+def test_variances_one_pass_equal_loops_over_all_batches(seed, definition):
     batches = _random_batches(seed)
-    metric = NormalizedVariance()
+    metric = NormalizedVariance(definition=definition)
     for batch in batches:
         metric.update(batch)
     summary = metric.compute_summary()
-    transformation, sample = reference_variances(batches)
+    transformation, sample = reference_variances(batches, "std" if definition == "tmeasures" else "variance")
     assert summary["per_unit_transformation_variance"].tolist() == pytest.approx(transformation, rel=1e-10)
     assert summary["per_unit_sample_variance"].tolist() == pytest.approx(sample, rel=1e-10)
     ratios = [t / s for t, s in zip(transformation, sample, strict=True)]
     assert float(summary["normalized_variance"]) == pytest.approx(sum(ratios) / len(ratios), rel=1e-10)
     assert float(summary["transformation_variance"]) == pytest.approx(sum(transformation) / 4, rel=1e-10)
     # one pass over six batches equals the two-pass computation on everything at once
-    two_pass = normalized_variance(torch.cat(batches, dim=1))
+    two_pass = normalized_variance(torch.cat(batches, dim=1), definition)
     for key in ("normalized_variance", "transformation_variance", "sample_variance"):
         assert float(summary[key]) == pytest.approx(float(two_pass[key]), rel=1e-12)
 
 
-def test_variance_units_of_feature_maps_are_channels_averaged_over_space():
+def test_tmeasures_units_are_activations_and_channel_variance_units_are_channel_means():
     maps = torch.randn(4, 6, 3, 5, 5, dtype=torch.float64)
     assert torch.allclose(
-        normalized_variance(maps)["per_unit_normalized_variance"],
-        normalized_variance(maps.mean(dim=(-2, -1)))["per_unit_normalized_variance"],
+        normalized_variance(maps, "channel_variance")["per_unit_normalized_variance"],
+        normalized_variance(maps.mean(dim=(-2, -1)), "channel_variance")["per_unit_normalized_variance"],
     )
+    assert torch.allclose(
+        normalized_variance(maps)["per_unit_normalized_variance"],
+        normalized_variance(maps.flatten(2))["per_unit_normalized_variance"],
+    )
+    assert normalized_variance(maps)["per_unit_normalized_variance"].shape == (75,)
 
 
-def test_constant_model_has_every_unit_dead_and_nan_variance():
+def test_doc_example_reproduces_tmeasures():
+    """tmeasures gives 0.5 on this example (stds with n - 1: 0.7071 / 1.4142); the channel-variance variant 0.25."""
+    orbit = torch.tensor([[[0.0], [2.0]], [[1.0], [3.0]]])
+    assert float(normalized_variance(orbit)["normalized_variance"]) == pytest.approx(0.5, rel=1e-12)
+    assert float(normalized_variance(orbit, "channel_variance")["normalized_variance"]) == pytest.approx(0.25)
+
+
+def test_constant_model_has_every_unit_dead():
     constant = torch.full((4, 10, 3), 0.7)
-    summary = normalized_variance(constant)
+    summary = normalized_variance(constant, "channel_variance")
     assert math.isnan(float(summary["normalized_variance"]))
-    assert float(summary["num_dead_units"]) == 3 == float(summary["num_units"])
+    assert float(summary["dead_units"]) == 3 == float(summary["num_units"])
+    summary = normalized_variance(constant)  # tmeasures: 0 / 0 = 1
+    assert float(summary["normalized_variance"]) == 1.0
+    assert float(summary["dead_units"]) == 3
 
 
 def test_invariant_model_has_zero_and_dead_units_are_counted_apart():
     features = torch.randn(1, 12, 3, dtype=torch.float64).expand(4, 12, 3).clone()
     features[:, :, 2] = 1.5  # a dead unit
-    summary = normalized_variance(features)
+    summary = normalized_variance(features, "channel_variance")
     assert float(summary["normalized_variance"]) == 0.0
-    assert float(summary["num_dead_units"]) == 1
+    assert float(summary["dead_units"]) == 1
+    summary = normalized_variance(features)  # tmeasures averages the dead unit's 1 in: (0 + 0 + 1) / 3
+    assert float(summary["normalized_variance"]) == pytest.approx(1 / 3)
+    assert float(summary["dead_units"]) == 1
+
+
+def test_tmeasures_gives_inf_where_only_the_sample_spread_is_zero():
+    features = torch.randn(4, 6, 2, dtype=torch.float64)
+    features[:, :, 1] = torch.arange(4.0, dtype=torch.float64).unsqueeze(1)  # moves with g, same for every input
+    per_unit = normalized_variance(features)["per_unit_normalized_variance"]
+    assert math.isinf(float(per_unit[1])) and math.isfinite(float(per_unit[0]))
 
 
 def test_transformation_as_large_as_input_change_gives_about_one():
@@ -104,14 +131,15 @@ def test_variance_metric_rejects_a_change_of_shape():
 
 def test_fitted_maps_of_a_permutation_are_the_permutation_and_held_out_error_zero():
     group = Permutation(dim=1, num_elements=4, seed=3)
-    metric = LinearEquivariance(num_elements=4, ridge=0.0)
-    metric.update(group.orbit(torch.randn(30, 6, dtype=torch.float64)))
-    metric.update(group.orbit(torch.randn(20, 6, dtype=torch.float64)))
-    maps = metric.fit()
+    fit = LinearMapFit(num_elements=4, ridge=0.0)
+    fit.update(group.orbit(torch.randn(30, 6, dtype=torch.float64)))
+    fit.update(group.orbit(torch.randn(20, 6, dtype=torch.float64)))
+    maps = fit.compute()
     for k in range(4):
         permutation = group.act(torch.eye(6, dtype=torch.float64), k)  # row i of P: e_i permuted
         assert torch.allclose(maps[k, :6], permutation, atol=1e-8)
         assert torch.allclose(maps[k, 6], torch.zeros(6, dtype=torch.float64), atol=1e-8)  # no bias
+    metric = fit.held_out_metric()
     metric.update(group.orbit(torch.randn(25, 6, dtype=torch.float64)))
     summary = metric.compute_summary()
     assert float(summary["linear_geed_normalized"]) < 1e-8
@@ -123,9 +151,9 @@ def test_fitted_maps_of_a_linear_model_are_known_in_closed_form():
     generator = torch.Generator().manual_seed(4)
     weight = torch.randn(6, 6, generator=generator, dtype=torch.float64) + 3 * torch.eye(6, dtype=torch.float64)
     group = Permutation(dim=1, num_elements=3, seed=1)
-    metric = LinearEquivariance(num_elements=3, ridge=0.0)
-    metric.update(group.orbit(torch.randn(40, 6, generator=generator, dtype=torch.float64)) @ weight.T)
-    maps = metric.fit()
+    fit = LinearMapFit(num_elements=3, ridge=0.0)
+    fit.update(group.orbit(torch.randn(40, 6, generator=generator, dtype=torch.float64)) @ weight.T)
+    maps = fit.compute()
     for k in range(3):
         permutation = group.act(torch.eye(6, dtype=torch.float64), k).T  # x -> P x as a matrix on columns
         expected = weight @ permutation @ torch.linalg.inv(weight)  # f(g.x) = expected @ f(x)
@@ -147,15 +175,16 @@ def test_linear_equivariance_equals_loops_with_ridge():
             distances.append(math.dist(predicted, [float(v) for v in held_out[g, n]]))
     pairs = [math.dist(held_out[0, i].tolist(), held_out[0, j].tolist()) for i in range(8) for j in range(8) if i != j]
     expected = (sum(distances) / len(distances)) / (sum(pairs) / len(pairs))
-    assert float(linear_equivariance_deviation(fit, held_out, ridge=ridge)) == pytest.approx(expected, rel=1e-9)
-    metric = LinearEquivariance(3, ridge=ridge)
+    value = linear_equivariance_deviation(fit, held_out, ridge=ridge, normalize=True)
+    assert float(value) == pytest.approx(expected, rel=1e-9)
+    fitting = LinearMapFit(3, ridge=ridge)
     for part in fit.split([4, 11], dim=1):
-        metric.update(part)
-    metric.fit()
+        fitting.update(part)
+    metric = fitting.held_out_metric()
     for part in held_out.split([3, 5], dim=1):
         metric.update(part)
-    raw = float(metric.compute_summary()["linear_geed"])
-    assert raw == pytest.approx(sum(distances) / len(distances), rel=1e-9)
+    assert float(metric.compute()) == pytest.approx(sum(distances) / len(distances), rel=1e-9)
+    assert float(metric.compute_summary()["linear_geed_normalized"]) == pytest.approx(expected, rel=1e-9)
 
 
 def test_rotated_feature_maps_are_linearly_equivariant_after_pooling():
@@ -179,18 +208,17 @@ def test_wide_features_are_projected_to_max_features():
     assert torch.equal(first, second)  # the projection is seeded
 
 
-def test_linear_metric_phases_are_explicit():
-    metric = LinearEquivariance(2)
-    metric.update(torch.randn(2, 10, 3))
-    with pytest.raises(RuntimeError, match="call fit"):
-        metric.compute()
-    metric.fit()
-    with pytest.raises(RuntimeError, match="already called"):
-        metric.fit()
-    metric.reset()
-    assert not metric.fitted
+def test_linear_fit_needs_samples_and_held_out_maps_survive_reset_and_forward():
+    fit = LinearMapFit(2)
     with pytest.raises(ValueError, match="no fitting samples"):
-        metric.fit()
+        fit.compute()
+    fit.update(torch.randn(2, 10, 3))
+    metric = fit.held_out_metric()
+    metric(torch.randn(2, 4, 3))  # forward resets the batch state, never the maps
+    metric.reset()
+    metric.update(torch.randn(2, 4, 3))
+    assert torch.equal(metric.maps, fit.compute())
+    assert "maps" in metric.state_dict()
 
 
 # ---------------------------------------------------------------- Lie derivative (Gruver et al.)
@@ -232,7 +260,7 @@ def test_lie_derivative_of_a_model_equals_its_jacobian_times_the_input_derivativ
         assert torch.allclose(captured["output"][1][i], jacobian @ tangent[i].reshape(64), atol=1e-10)
     features, derivatives = captured["output"]
     expected = sum(float(derivatives[i].norm() / features[i].norm()) for i in range(3)) / 3
-    assert float(lie_derivative(features, derivatives)) == pytest.approx(expected, rel=1e-12)
+    assert float(lie_derivative(features, derivatives, normalize=True)) == pytest.approx(expected, rel=1e-12)
 
 
 def test_lie_derivative_is_zero_for_invariant_and_equivariant_models():
@@ -240,12 +268,12 @@ def test_lie_derivative_is_zero_for_invariant_and_equivariant_models():
     total = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 1, bias=False))
     torch.nn.init.ones_(total[1].weight)  # the image's sum: invariant to rotation (content away from the border)
     identity = torch.nn.Sequential(torch.nn.Identity())
-    metric, equivariant = LieDerivative(), LieDerivative()
+    metric, equivariant = LieDerivative(normalize=True), LieDerivative(normalize=True)
     LieProbe(total, "rotation").update(x, {"output": metric})
     LieProbe(identity, "rotation", layers=["0"], equivariant_layers=["0"]).update(x, {"0": equivariant})
     assert float(metric.compute()) < 1e-4
     assert float(equivariant.compute()) == 0.0
-    plain = LieDerivative()
+    plain = LieDerivative(normalize=True)
     LieProbe(identity, "rotation", layers=["0"]).update(x, {"0": plain})  # as invariance: far from 0
     assert float(plain.compute()) > 0.1
 
@@ -263,7 +291,7 @@ def test_lie_probe_leaves_the_model_and_rng_as_they_were():
 
 
 def test_lie_metric_counts_zero_representations_apart():
-    metric = LieDerivative()
+    metric = LieDerivative(normalize=True)
     metric.update(torch.zeros(2, 3), torch.ones(2, 3))
     metric.update(torch.ones(1, 4), torch.ones(1, 4))
     summary = metric.compute_summary()

@@ -113,17 +113,13 @@ def test_compute_before_update_warns_and_is_nan():
         assert math.isnan(metric.compute().item())
 
 
-def test_batch_of_one_is_skipped_by_normalizer_only():
+def test_batch_of_one_pairs_with_later_samples():
     metric = InvarianceDeviation(NUM_ELEMENTS, normalize=True)
     metric.update(BATCHES[1])  # one sample: no pairs
-    with pytest.warns(UserWarning, match="two or more samples"):
+    with pytest.warns(RuntimeWarning, match="two or more samples"):
         assert math.isnan(metric.compute().item())
-    metric.update(BATCHES[0])
-    expected = (
-        reference_geed(BATCHES[:2], normalize=False)
-        / reference_geed([BATCHES[0]], normalize=False)
-        * (reference_geed([BATCHES[0]], normalize=True))
-    )
+    metric.update(BATCHES[0])  # the single sample pairs with the ones after it
+    expected = reference_geed([BATCHES[1], BATCHES[0]], normalize=True)
     assert metric.compute().item() == pytest.approx(expected, rel=1e-9)
 
 

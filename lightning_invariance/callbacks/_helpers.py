@@ -17,8 +17,6 @@ __all__ = [
     "check_options",
     "check_positive",
     "has_matplotlib",
-    "python_and_numpy_rng",
-    "restore_python_and_numpy_rng",
     "split_batches",
 ]
 
@@ -81,23 +79,3 @@ def has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
-
-
-def python_and_numpy_rng() -> tuple[Any, Any]:
-    import random
-
-    try:
-        import numpy
-    except ImportError:  # pragma: no cover
-        return random.getstate(), None
-    return random.getstate(), numpy.random.get_state()
-
-
-def restore_python_and_numpy_rng(states: tuple[Any, Any]) -> None:
-    import random
-
-    random.setstate(states[0])
-    if states[1] is not None:
-        import numpy
-
-        numpy.random.set_state(states[1])

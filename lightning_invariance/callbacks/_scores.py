@@ -14,6 +14,7 @@ from lightning_invariance.metrics import (
     InvarianceDeviation,
     LieDerivative,
     LinearEquivariance,
+    LinearMapFit,
     NormalizedVariance,
     PredictionConsistency,
 )
@@ -28,7 +29,7 @@ VARIANCE_SCORES = {
     "normalized_variance": "normalized_variance",
     "transformation_variance": "transformation_variance",
     "sample_variance": "sample_variance",
-    "dead_units": "num_dead_units",
+    "dead_units": "dead_units",
 }
 #: Scores of the fitted linear maps (Lenc & Vedaldi): held-out fitted G-EED and invariance G-EED, normalised.
 LINEAR_SCORES = {"linear_equivariance": "linear_geed_normalized", "linear_invariance": "invariance_geed_normalized"}
@@ -63,8 +64,9 @@ class LayerScores:
     deviation: InvarianceDeviation | EquivarianceDeviation
     consistency: PredictionConsistency | None = None
     variance: NormalizedVariance | None = None
-    linear: LinearEquivariance | None = None
+    linear_fit: LinearMapFit | None = None
     lie: LieDerivative | None = None
+    linear: LinearEquivariance | None = None
 
     @classmethod
     def create(cls, layer: str, options: ScoreOptions, device: torch.device) -> LayerScores:
@@ -93,20 +95,20 @@ class LayerScores:
             deviation.to(device),
             PredictionConsistency(options.num_elements) if wants["consistency"] else None,
             NormalizedVariance() if wants["variance"] else None,
-            LinearEquivariance(options.num_elements) if wants["linear"] else None,
-            LieDerivative() if wants["lie"] else None,
+            LinearMapFit(options.num_elements) if wants["linear"] else None,
+            LieDerivative(normalize=True) if wants["lie"] else None,
         )
         for metric in built._optional():
             metric.to(device)
         return built
 
     def _optional(self) -> list:
-        return [m for m in (self.consistency, self.variance, self.linear, self.lie) if m is not None]
+        return [m for m in (self.consistency, self.variance, self.linear_fit, self.lie) if m is not None]
 
     def update(self, features: Tensor, labels: Tensor | None = None) -> None:
         """Add one chunk of orbit features (and its samples' labels when per-class scores are kept)."""
         self.deviation.update(features, labels)
-        for metric in (self.consistency, self.variance, self.linear):
+        for metric in (self.consistency, self.variance, self.linear or self.linear_fit):
             if metric is not None:
                 metric.update(features)
 
@@ -122,12 +124,12 @@ class LayerScores:
         scores are not logged this time. Under DDP every process needs inputs: the fit sums are reduced across
         processes.
         """
-        if self.linear is None:
+        if self.linear_fit is None:
             return
-        if float(self.linear.fit_samples) == 0 and not torch.distributed.is_initialized():
+        if float(self.linear_fit.fit_samples) == 0 and not torch.distributed.is_initialized():
             rank_zero_warn("InvarianceMonitor: no cached input is left to fit the linear maps; skipping linear_*.")
             return
-        self.linear.fit()
+        self.linear = self.linear_fit.held_out_metric(normalize=True)
 
     def compute(self) -> dict[str, Tensor]:
         """Every score (synchronised across processes), per-element and per-class values included, as tensors."""
@@ -136,11 +138,11 @@ class LayerScores:
         keep += ("per_class", "per_class_normalized", "sample_deviations")
         values = {key: summary[key] for key in keep if key in summary}
         if self.consistency is not None:
-            values["consistency"] = 1.0 - self.consistency.compute_summary()["geed"]
+            values["consistency"] = self.consistency.compute_summary()["consistency"]
         if self.variance is not None:
             variance = self.variance.compute_summary()
             values |= {score: variance[key] for score, key in VARIANCE_SCORES.items()}
-        if self.linear is not None and self.linear.fitted:
+        if self.linear is not None:
             linear = self.linear.compute_summary()
             values |= {score: linear[key] for score, key in LINEAR_SCORES.items()}
         if self.lie is not None:
@@ -152,3 +154,4 @@ class LayerScores:
         self.deviation.reset()
         for metric in self._optional():
             metric.reset()
+        self.linear = None

@@ -18,13 +18,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_invariance._rng import cuda_indices, fork_rng
 from lightning_invariance.callbacks._helpers import (
     check_measure_options,
     check_options,
     check_positive,
     has_matplotlib,
-    python_and_numpy_rng,
-    restore_python_and_numpy_rng,
     split_batches,
 )
 from lightning_invariance.callbacks._scores import LINEAR_SCORES, SCORES, LayerScores, ScoreOptions, metric_name
@@ -370,7 +369,7 @@ class InvarianceMonitor(Callback):
     def _input_of(self, batch: Any, batch_idx: int, dataloader_idx: int) -> tuple[Tensor, Tensor | None]:
         try:
             inputs = self._get_input(batch)
-            self.group.act(inputs[:1], 0)
+            self.group.check_input(inputs)
             labels = None if self._get_target is None else self._get_target(batch)
             if labels is not None and labels.shape[:1] != inputs.shape[:1]:
                 raise ValueError(
@@ -455,12 +454,8 @@ class InvarianceMonitor(Callback):
             return
         loaders = combined.flattened  # the dataloaders as the validation loop iterates them (samplers included)
         self._prepare(trainer, pl_module)
-        states = python_and_numpy_rng()
-        try:
-            with torch.random.fork_rng():
-                self._fill_baseline(trainer, loaders)
-        finally:
-            restore_python_and_numpy_rng(states)
+        with fork_rng(cuda_indices(pl_module.device)):
+            self._fill_baseline(trainer, loaders)
         values, per_element = self._compute(trainer)
         for logger in trainer.loggers:
             logger.log_metrics(values, step=trainer.global_step)

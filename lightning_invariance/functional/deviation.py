@@ -13,19 +13,17 @@ from lightning_invariance.functional.distances import (
     REFERENCES,
     check_choice,
     orbit_reference,
-    pair_distance_sums,
     per_sample_distance,
     to_distance_space,
 )
+from lightning_invariance.functional.normalizer import DEFAULT_NORMALIZER_WINDOW, window_pair_sums
 from lightning_invariance.groups.actions import RepresentationAction
 
-__all__ = ["DEFAULT_MAX_NORMALIZER_PAIRS", "NAN_STRATEGIES", "equivariance_deviation", "invariance_deviation"]
+__all__ = ["DEFAULT_NORMALIZER_WINDOW", "NAN_STRATEGIES", "equivariance_deviation", "invariance_deviation"]
 
 NAN_STRATEGIES = ("error", "skip")
 #: Orbits of more values than this are compared in blocks of samples of about this many values.
 BLOCK_VALUES = 1 << 20
-#: Batches with more ordered pairs than this pair up an evenly spaced subset of 64 samples for the normaliser.
-DEFAULT_MAX_NORMALIZER_PAIRS = 4096
 
 
 def _check_orbit(orbit_features: Tensor, num_elements: int | None) -> None:
@@ -48,9 +46,8 @@ class DeviationBatch(NamedTuple):
 
     #: ``(|G|, N)`` float64 distances of the samples kept.
     distances: Tensor
-    #: The normaliser's sum of distances between different inputs, and the number of pairs.
-    pair_sum: Tensor
-    pair_count: Tensor
+    #: ``(N, ...)`` the kept samples' untransformed representations in distance space, for the normaliser's pairs.
+    identity_rows: Tensor
     #: Samples left out for non-finite features, and which were kept (``None``: all of them).
     num_skipped: int
     kept: Tensor | None
@@ -82,18 +79,18 @@ def _deviation_update(
     reference: str,
     apply_softmax: bool = True,
     nan_strategy: str = "error",
-    max_normalizer_pairs: int = DEFAULT_MAX_NORMALIZER_PAIRS,
     action: RepresentationAction | None = None,
     num_elements: int | None = None,
     border_mask: bool = False,
 ) -> DeviationBatch:
-    """Per-element, per-sample distances ``m(f(g.x), r_g(x))`` of one batch, and the normaliser's pair sums.
+    """Per-element, per-sample distances ``m(f(g.x), r_g(x))`` of one batch, and the rows the normaliser pairs.
 
     ``distances`` is ``(|G|, N)`` float64 with samples holding non-finite features left out
-    (``nan_strategy='skip'``); the pair sums compare the untransformed inputs' representations, ``m(f(x_i), f(x_j))``
-    for ``i != j``. With ``border_mask`` (equivariance under an action with valid masks, such as a ``SpatialAction``
-    of an interpolated rotation), entries outside element ``g``'s valid region are zeroed in both ``f(g.x)`` and
-    ``rho(g) f(x)``, and the normaliser compares the region valid for every element.
+    (``nan_strategy='skip'``); ``identity_rows`` are the untransformed inputs' representations ``f(x_i)`` in distance
+    space. With ``border_mask`` (equivariance under an action with valid masks, such as a ``SpatialAction`` of an
+    interpolated rotation), entries outside element ``g``'s valid region are zeroed in both ``f(g.x)`` and
+    ``rho(g) f(x)``, and the normaliser compares the region valid for every element. Everything runs with autocast
+    off, in float32 or wider, whatever the features' dtype.
     """
     _check_orbit(orbit_features, num_elements)
     check_choice("distance", distance, DISTANCES)
@@ -104,22 +101,25 @@ def _deviation_update(
             f"reference={reference!r} is defined for invariance only; with a non-trivial action {action!r} the "
             "reference is the untransformed representation moved by the action: use reference='identity'."
         )
-    masks = _border_masks(orbit_features, action, distance) if border_mask else None
-    orbit, num_skipped, kept = orbit_features, 0, None
-    if distance in ("kl", "discrete"):  # class scores are small, and argmax or a probability check hides NaN
-        orbit, num_skipped, kept = _drop_non_finite(orbit, nan_strategy)
-    distances, space = _distances(orbit, distance, reference, apply_softmax, action, masks)
-    if distance not in ("kl", "discrete") and not bool(torch.isfinite(distances).all()):
-        # only now look at every feature value: a NaN or inf feature makes its sample's distances non-finite
-        orbit, num_skipped, kept = _drop_non_finite(orbit, nan_strategy)
-        if num_skipped:
-            distances, space = _distances(orbit, distance, reference, apply_softmax, action, masks)
-    identity_space = space[0] if masks is None else space[0] * masks.prod(dim=0)
-    pair_sum, pair_count = pair_distance_sums(identity_space, distance, max_normalizer_pairs)
+    with torch.autocast(orbit_features.device.type, enabled=False):
+        masks = _border_masks(orbit_features, action, distance) if border_mask else None
+        if orbit_features.shape[1] == 0:  # an empty batch adds nothing
+            empty = orbit_features.new_zeros((orbit_features.shape[0], 0), dtype=torch.float64)
+            return DeviationBatch(empty, empty[0], 0, None)
+        orbit, num_skipped, kept = orbit_features, 0, None
+        if distance in ("kl", "discrete"):  # class scores are small, and argmax or a probability check hides NaN
+            orbit, num_skipped, kept = _drop_non_finite(orbit, nan_strategy)
+        distances, space = _distances(orbit, distance, reference, apply_softmax, action, masks)
+        if distance not in ("kl", "discrete") and not bool(torch.isfinite(distances).all()):
+            # only now look at every feature value: a NaN or inf feature makes its sample's distances non-finite
+            orbit, num_skipped, kept = _drop_non_finite(orbit, nan_strategy)
+            if num_skipped:
+                distances, space = _distances(orbit, distance, reference, apply_softmax, action, masks)
+        identity_rows = space[0] if masks is None else space[0] * masks.prod(dim=0)
     if masks is None:
-        return DeviationBatch(distances, pair_sum, pair_count, num_skipped, kept)
+        return DeviationBatch(distances, identity_rows, num_skipped, kept)
     valid = masks.sum(dim=1).to(torch.float64)
-    return DeviationBatch(distances, pair_sum, pair_count, num_skipped, kept, valid, masks.shape[1])
+    return DeviationBatch(distances, identity_rows, num_skipped, kept, valid, masks.shape[1])
 
 
 def _border_masks(orbit: Tensor, action: RepresentationAction | None, distance: str) -> Tensor:
@@ -190,6 +190,15 @@ def _moved(features: Tensor, action: RepresentationAction, num_elements: int) ->
     return torch.stack(images)
 
 
+def check_window(normalizer_window: object) -> None:
+    """Accept an int of at least 2 as the normaliser's window."""
+    if not isinstance(normalizer_window, int) or isinstance(normalizer_window, bool) or normalizer_window < 2:
+        raise ValueError(
+            f"Expected argument `normalizer_window` to be an int >= 2 (samples paired with the ones before them), "
+            f"but got {normalizer_window!r}."
+        )
+
+
 def _deviation_compute(
     element_sum: Tensor, num_samples: Tensor, pair_sum: Tensor, pair_count: Tensor, normalize: bool
 ) -> Tensor:
@@ -226,7 +235,7 @@ def invariance_deviation(
     normalize: bool = False,
     apply_softmax: bool = True,
     nan_strategy: str = "error",
-    max_normalizer_pairs: int = DEFAULT_MAX_NORMALIZER_PAIRS,
+    normalizer_window: int = DEFAULT_NORMALIZER_WINDOW,
 ) -> Tensor:
     r"""Invariance G-EED of orbit features: how far transforming the input moves the representation.
 
@@ -245,8 +254,9 @@ def invariance_deviation(
         normalize: divide by the mean distance between different inputs.
         apply_softmax: for ``kl``, treat the features as logits; ``False`` when they already are probabilities.
         nan_strategy: ``"error"`` on NaN/inf features, or ``"skip"`` such samples with a warning.
-        max_normalizer_pairs: pair budget of the normaliser per batch: all ordered pairs of a batch up to it,
-            else all pairs among the largest evenly spaced subset that fits (64 samples at the default).
+        normalizer_window: the normaliser pairs each sample with the ``normalizer_window - 1`` samples before it
+            (every pair of a batch of at most that many samples); see
+            :mod:`~lightning_invariance.functional.normalizer`.
 
     Example:
         >>> import torch
@@ -256,11 +266,8 @@ def invariance_deviation(
         >>> invariance_deviation(orbit, distance="cosine")
         tensor(0., dtype=torch.float64)
     """
-    distances, pair_sum, pair_count, *_ = _deviation_update(
-        orbit_features, distance, reference, apply_softmax, nan_strategy, max_normalizer_pairs
-    )
-    num_samples = torch.tensor(float(distances.shape[1]), dtype=torch.float64)
-    return _deviation_compute(distances.sum(dim=1), num_samples, pair_sum, pair_count, normalize)
+    batch = _deviation_update(orbit_features, distance, reference, apply_softmax, nan_strategy)
+    return _batch_deviation(batch, distance, normalize, normalizer_window)
 
 
 def equivariance_deviation(
@@ -270,7 +277,7 @@ def equivariance_deviation(
     normalize: bool = False,
     apply_softmax: bool = True,
     nan_strategy: str = "error",
-    max_normalizer_pairs: int = DEFAULT_MAX_NORMALIZER_PAIRS,
+    normalizer_window: int = DEFAULT_NORMALIZER_WINDOW,
     border_mask: bool = False,
 ) -> Tensor:
     r"""Equivariance G-EED: the mean distance between ``f(g.x)`` and ``rho(g) . f(x)``.
@@ -296,15 +303,17 @@ def equivariance_deviation(
     """
     if not isinstance(action, RepresentationAction):
         raise TypeError(f"Expected `action` to be a RepresentationAction, but got {type(action).__name__}.")
-    distances, pair_sum, pair_count, *_ = _deviation_update(
-        orbit_features,
-        distance,
-        "identity",
-        apply_softmax,
-        nan_strategy,
-        max_normalizer_pairs,
-        action=action,
-        border_mask=border_mask,
+    batch = _deviation_update(
+        orbit_features, distance, "identity", apply_softmax, nan_strategy, action=action, border_mask=border_mask
     )
-    num_samples = torch.tensor(float(distances.shape[1]), dtype=torch.float64)
+    return _batch_deviation(batch, distance, normalize, normalizer_window)
+
+
+def _batch_deviation(batch: DeviationBatch, distance: str, normalize: bool, normalizer_window: int) -> Tensor:
+    """The G-EED of one batch (the functional forms)."""
+    check_window(normalizer_window)
+    distances = batch.distances
+    pair_sum, pair_count = window_pair_sums(batch.identity_rows, distance, normalizer_window)
+    num_samples = torch.tensor(float(distances.shape[1]), dtype=torch.float64, device=distances.device)
+    pair_count = torch.tensor(float(pair_count), dtype=torch.float64, device=distances.device)
     return _deviation_compute(distances.sum(dim=1), num_samples, pair_sum, pair_count, normalize)

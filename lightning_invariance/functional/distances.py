@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -13,16 +12,14 @@ __all__ = [
     "REFERENCES",
     "check_choice",
     "orbit_reference",
-    "pair_distance_sums",
     "per_sample_distance",
+    "power_of_two_scale",
     "to_distance_space",
+    "unit_rows",
 ]
 
 DISTANCES = ("euclidean", "cosine", "kl", "discrete")
 REFERENCES = ("centroid", "identity")
-
-# Gather at most this many feature values at once when pairing samples for the normaliser.
-_PAIR_BLOCK_VALUES = 1 << 24
 
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -34,15 +31,21 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 def to_distance_space(features: Tensor, distance: str, apply_softmax: bool) -> Tensor:
     """Map ``(..., N, *feature_dims)`` features to where ``distance`` compares them.
 
-    - euclidean / cosine: features flattened per sample, ``(..., N, D)``, floating point;
+    - euclidean / cosine: features flattened per sample, ``(..., N, D)``, in float32 or wider: float16 and bfloat16
+      features are widened to float32, integers to float64, and complex features are compared as real vectors of
+      twice the width (their real and imaginary parts);
     - kl: log-probabilities ``(..., N, C)`` (``log_softmax`` of logits, or the log of given probabilities);
     - discrete: integer labels ``(..., N)``: the argmax of ``(..., N, C)`` scores, or given integer labels.
 
     ``features`` has two leading axes (the orbit axis and the sample axis).
     """
     if distance in ("euclidean", "cosine"):
+        if features.is_complex():
+            features = torch.view_as_real(features)
         flat = features.flatten(2)
-        return flat if flat.is_floating_point() else flat.to(torch.get_default_dtype())
+        if not flat.is_floating_point():
+            return flat.to(torch.float64)
+        return flat if flat.element_size() >= 4 else flat.to(torch.float32)
     if distance == "kl":
         if features.ndim != 3 or not features.is_floating_point():
             raise ValueError(
@@ -94,17 +97,43 @@ def per_sample_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
 
     cosine: ``1 - cos``; two zero vectors are at distance 0 and a zero and a non-zero vector at distance 1.
     kl: ``KL(p_a || p_b)`` from log-probabilities; terms where ``p_a = 0`` contribute 0.
+    Computed in the inputs' precision (float32 or wider, see :func:`to_distance_space`) with autocast off; each vector
+    is first scaled by a power of two (exactly) so that squares neither overflow nor underflow.
     """
     if distance == "discrete":
         return (a != b).to(torch.float64)
+    with torch.autocast(a.device.type, enabled=False):
+        return _float_distance(a, b, distance)
+
+
+def power_of_two_scale(largest: Tensor) -> Tensor:
+    """``2^-e`` with ``largest * 2^-e`` in ``[0.5, 1)`` (1 where ``largest`` is 0 or not finite), in its dtype.
+
+    Multiplying by a power of two is exact, so scaled values compare, sum and square as the originals would, without
+    overflow (float32 features of 1e20) or underflow.
+    """
+    usable = torch.isfinite(largest) & (largest > 0)
+    exponent = torch.frexp(torch.where(usable, largest, torch.ones_like(largest))).exponent
+    limit = 120 if largest.dtype == torch.float32 else 1000
+    return torch.exp2(-exponent.clamp(-limit, limit).to(largest.dtype))
+
+
+def unit_rows(x: Tensor) -> Tensor:
+    """Vectors on the last axis scaled to unit norm (zero vectors stay zero), without overflow."""
+    x = x * power_of_two_scale(torch.linalg.vector_norm(x, ord=math.inf, dim=-1, keepdim=True))
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def _float_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
     if distance == "euclidean":
-        return torch.linalg.vector_norm(a - b, dim=-1).to(torch.float64)
-    if distance == "cosine":  # reductions in the features' precision, the ratio in float64
-        norm_a = torch.linalg.vector_norm(a, dim=-1).to(torch.float64)
-        norm_b = torch.linalg.vector_norm(b, dim=-1).to(torch.float64)
-        dot = (a * b).sum(-1).to(torch.float64)
-        cos = dot / (norm_a * norm_b).clamp_min(torch.finfo(torch.float64).tiny)
-        both_zero = (norm_a == 0) & (norm_b == 0)
+        difference = a - b
+        scale = power_of_two_scale(torch.linalg.vector_norm(difference, ord=math.inf, dim=-1, keepdim=True))
+        norm = torch.linalg.vector_norm(difference.mul_(scale), dim=-1)
+        return norm.to(torch.float64) / scale.squeeze(-1).to(torch.float64)
+    if distance == "cosine":
+        unit_a, unit_b = unit_rows(a), unit_rows(b)
+        cos = (unit_a * unit_b).sum(-1).to(torch.float64)
+        both_zero = (a == 0).all(-1) & (b == 0).all(-1)
         return torch.where(both_zero, torch.zeros_like(cos), 1.0 - cos.clamp(-1.0, 1.0))
     if distance == "kl":
         a64, b64 = a.to(torch.float64), b.to(torch.float64)
@@ -112,70 +141,3 @@ def per_sample_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
         return terms.sum(-1).clamp_min(0.0)
     check_choice("distance", distance, DISTANCES)
     raise AssertionError("unreachable")
-
-
-def pair_distance_sums(space: Tensor, distance: str, max_pairs: int) -> tuple[Tensor, Tensor]:
-    """Sum and count of ``m(f(x_i), f(x_j))`` over ordered pairs ``i != j`` of a batch ``(N, ...)`` in distance space.
-
-    All ``N (N - 1)`` ordered pairs when that is at most ``max_pairs``; otherwise all ordered pairs among ``m``
-    evenly spaced samples of the batch, the largest ``m`` with ``m (m - 1) <= max_pairs``. Evenly spaced rather
-    than the first ``m``, so a batch sorted by class still yields pairs across classes; the cost is that of one
-    ``m x m`` Gram matrix whatever ``N`` is. Fewer than two samples give ``(0, 0)``.
-    """
-    n = space.shape[0]
-    zero = torch.zeros((), dtype=torch.float64, device=space.device)
-    if n < 2:
-        return zero, zero.clone()
-    m = n if n * (n - 1) <= max_pairs else max(2, math.floor((1 + math.sqrt(1 + 4 * max_pairs)) / 2))
-    if m < n:
-        space = space[_evenly_spaced(n, m).to(space.device)]
-    total = _all_pairs_sum(space, distance)
-    if total is None:  # the element-wise form: pairs (i, i + s mod m) for every shift s
-        total = _shifted_pairs_sum(space, distance, m - 1)
-    return total, torch.tensor(float(m * (m - 1)), dtype=torch.float64, device=space.device)
-
-
-@functools.lru_cache(maxsize=64)
-def _evenly_spaced(n: int, m: int) -> Tensor:
-    """``m`` indices spread evenly over ``0 .. n - 1``, both ends included."""
-    return torch.linspace(0, n - 1, m, dtype=torch.float64).round().long()
-
-
-def _all_pairs_sum(space: Tensor, distance: str) -> Tensor | None:
-    """Sum over all ordered pairs ``i != j`` by Gram matrices; ``None`` where that form does not apply.
-
-    Computed in the features' precision (float32 features: float32 matrix products, float64 sums).
-    """
-    if distance == "discrete":
-        return (space.unsqueeze(0) != space.unsqueeze(1)).sum().to(torch.float64)
-    x = space
-    if distance == "kl":
-        if bool(torch.isinf(x).any()):  # zero probabilities: 0 * log 0 terms need the element-wise form
-            return None
-        probs = x.exp()
-        entropy_terms = (probs * x).sum(-1)  # sum_c p_ic log p_ic
-        # KL(p_i || p_j) = sum_c p_ic log p_ic - sum_c p_ic log p_jc; the diagonal is zero
-        return x.shape[0] * entropy_terms.sum(dtype=torch.float64) - (probs @ x.T).sum(dtype=torch.float64)
-    squared_norms = (x * x).sum(-1)
-    gram = x @ x.T
-    if distance == "euclidean":
-        squared = (squared_norms.unsqueeze(0) + squared_norms.unsqueeze(1) - 2 * gram).clamp_min(0.0)
-        return squared.fill_diagonal_(0.0).sqrt().sum(dtype=torch.float64)
-    norms = squared_norms.sqrt()
-    cos = gram / (norms.unsqueeze(0) * norms.unsqueeze(1)).clamp_min(torch.finfo(x.dtype).tiny)
-    zero = norms == 0
-    both_zero = zero.unsqueeze(0) & zero.unsqueeze(1)
-    return torch.where(both_zero, 0.0, 1.0 - cos.clamp(-1.0, 1.0)).fill_diagonal_(0.0).sum(dtype=torch.float64)
-
-
-def _shifted_pairs_sum(space: Tensor, distance: str, num_shifts: int) -> Tensor:
-    """Sum of ``m(f(x_i), f(x_{i+s mod N}))`` for ``s = 1 .. num_shifts``, gathered in bounded blocks."""
-    n = space.shape[0]
-    block = max(1, _PAIR_BLOCK_VALUES // (max(1, space[0].numel()) * n))
-    total = torch.zeros((), dtype=torch.float64, device=space.device)
-    rows = torch.arange(n, device=space.device)
-    for start in range(1, num_shifts + 1, block):
-        shifts = torch.arange(start, min(start + block, num_shifts + 1), device=space.device)
-        partners = space[(rows.unsqueeze(0) + shifts.unsqueeze(1)) % n]
-        total = total + per_sample_distance(space.unsqueeze(0), partners, distance).sum()
-    return total

@@ -77,12 +77,14 @@ def _lie_update(features: Tensor, derivatives: Tensor) -> tuple[Tensor, Tensor]:
             "Expected `features` and `derivatives` of the same shape (N, ...), but got "
             f"{tuple(features.shape)} and {tuple(derivatives.shape)}."
         )
+    if features.is_complex():
+        features, derivatives = torch.view_as_real(features), torch.view_as_real(derivatives)
     flat_derivatives = derivatives.to(torch.float64).reshape(derivatives.shape[0], -1)
     flat_features = features.to(torch.float64).reshape(features.shape[0], -1)
     return flat_derivatives.norm(dim=1), flat_features.norm(dim=1)
 
 
-def lie_derivative(features: Tensor, derivatives: Tensor, normalize: bool = True) -> Tensor:
+def lie_derivative(features: Tensor, derivatives: Tensor, normalize: bool = False) -> Tensor:
     r"""Mean Lie derivative norm over samples: :math:`\frac{1}{N}\sum_x \|L f(x)\| / \|f(x)\|` (or unnormalised).
 
     Samples with ``f(x) = 0`` are left out of the normalised mean (NaN if every sample is).
@@ -94,8 +96,9 @@ def lie_derivative(features: Tensor, derivatives: Tensor, normalize: bool = True
 
     Example:
         >>> import torch
-        >>> lie_derivative(torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
-        tensor(0.1000, dtype=torch.float64)
+        >>> features, derivatives = torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+        >>> lie_derivative(features, derivatives), lie_derivative(features, derivatives, normalize=True)
+        (tensor(0.5000, dtype=torch.float64), tensor(0.1000, dtype=torch.float64))
     """
     derivative_norms, feature_norms = _lie_update(features, derivatives)
     if not normalize:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_invariance.functional.distances import pair_distance_sums
+from lightning_invariance.functional.normalizer import DEFAULT_NORMALIZER_WINDOW, window_pair_sums
 
 __all__ = ["fit_linear_maps", "linear_equivariance_deviation", "pooled_orbit"]
 
@@ -34,6 +34,8 @@ def pooled_orbit(orbit_features: Tensor, pool_size: int = 2, max_features: int =
         shape = tuple(orbit_features.shape) if isinstance(orbit_features, Tensor) else type(orbit_features).__name__
         raise ValueError(f"Expected orbit features of shape (|G|, N, ...), but got {shape}.")
     num_elements, num_samples = orbit_features.shape[:2]
+    if orbit_features.is_complex():
+        orbit_features = torch.view_as_real(orbit_features).movedim(-1, 2).flatten(2, 3)  # real, imaginary channels
     values = orbit_features.to(torch.float64).flatten(0, 1)
     if values.ndim == 1:
         values = values.unsqueeze(-1)
@@ -46,7 +48,7 @@ def pooled_orbit(orbit_features: Tensor, pool_size: int = 2, max_features: int =
     flat = values.flatten(1)
     if flat.shape[1] > max_features:
         flat = flat @ _projection(flat.shape[1], max_features, seed).to(flat.device)
-    return flat.reshape(num_elements, num_samples, -1)
+    return flat.reshape(num_elements, num_samples, flat.shape[-1])
 
 
 @functools.lru_cache(maxsize=32)
@@ -96,10 +98,11 @@ def linear_equivariance_deviation(
     fit_orbit_features: Tensor,
     eval_orbit_features: Tensor,
     ridge: float = DEFAULT_RIDGE,
-    normalize: bool = True,
+    normalize: bool = False,
     pool_size: int = 2,
     max_features: int = 256,
     seed: int = 0,
+    normalizer_window: int = DEFAULT_NORMALIZER_WINDOW,
 ) -> Tensor:
     r"""Held-out G-EED of ``f(g.x)`` against the fitted ``M_g f(x)`` (Lenc & Vedaldi 2015).
 
@@ -119,13 +122,14 @@ def linear_equivariance_deviation(
         pool_size: feature maps are average-pooled to ``pool_size`` per spatial axis.
         max_features: wider pooled features are projected to this many by a fixed Gaussian matrix.
         seed: seed of that projection.
+        normalizer_window: the normaliser's pairs, as in :func:`~lightning_invariance.functional.invariance_deviation`.
 
     Example:
         >>> import torch
         >>> from lightning_invariance.groups import Permutation
         >>> group = Permutation(dim=1, num_elements=3)  # permuting the features is linear: M_g is a permutation
         >>> fit, held_out = group.orbit(torch.randn(50, 6)), group.orbit(torch.randn(20, 6))
-        >>> bool(linear_equivariance_deviation(fit, held_out, ridge=1e-9) < 1e-6)
+        >>> bool(linear_equivariance_deviation(fit, held_out, ridge=1e-9, normalize=True) < 1e-6)
         True
     """
     fit = pooled_orbit(fit_orbit_features, pool_size, max_features, seed)
@@ -136,5 +140,5 @@ def linear_equivariance_deviation(
     geed = distances.mean()
     if not normalize:
         return geed
-    pair_sum, pair_count = pair_distance_sums(held_out[0], "euclidean", 1 << 62)
-    return geed / (pair_sum / pair_count) if float(pair_count) else geed * float("nan")
+    pair_sum, pair_count = window_pair_sums(held_out[0], "euclidean", normalizer_window)
+    return geed / (pair_sum / pair_count) if pair_count else geed * float("nan")

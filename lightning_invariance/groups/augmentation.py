@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
+from lightning_invariance._rng import cuda_indices, fork_rng
 from lightning_invariance.groups.base import Group
 
 __all__ = ["AugmentationFamily"]
@@ -46,25 +45,8 @@ class AugmentationFamily(Group):
         super().__init__(["identity"] + [f"{name}{k}" for k in range(1, num_elements)])
 
     def _act(self, x: Tensor, k: int) -> Tensor:
-        element_seed = (self.seed * 1_000_003 + k) % (2**32)
-        devices = [x.device.index or 0] if x.device.type == "cuda" else []
-        python_state = random.getstate()
-        numpy_state = _numpy_state()
-        try:
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(element_seed)
-                random.seed(element_seed)
-                if numpy_state is not None:
-                    import numpy
-
-                    numpy.random.seed(element_seed)
-                out = self.fn(x)
-        finally:
-            random.setstate(python_state)
-            if numpy_state is not None:
-                import numpy
-
-                numpy.random.set_state(numpy_state)
+        with fork_rng(cuda_indices(x.device), seed=(self.seed * 1_000_003 + k) % (2**32)):
+            out = self.fn(x)
         if not isinstance(out, Tensor):
             raise TypeError(f"The augmentation of {self!r} returned {type(out).__name__}, expected a torch.Tensor.")
         return out
@@ -72,10 +54,3 @@ class AugmentationFamily(Group):
     def __repr__(self) -> str:
         return f"AugmentationFamily({getattr(self.fn, '__name__', type(self.fn).__name__)}, num_elements={len(self)})"
 
-
-def _numpy_state() -> object | None:
-    try:
-        import numpy
-    except ImportError:  # pragma: no cover - numpy ships with torch's usual installs
-        return None
-    return numpy.random.get_state()

@@ -37,13 +37,17 @@ class Group(ABC):
         """Element names, identity first (used in logged metric names, e.g. ``rot90``)."""
         return list(self._names)
 
-    def act(self, x: Tensor, k: int) -> Tensor:
-        """Apply element ``k`` to the batch ``x`` (sample axis first); the result has the shape of ``x``."""
+    def check_input(self, x: Tensor) -> None:
+        """Raise ``TypeError``/``ValueError`` (naming ``x``'s shape) when this group cannot act on the batch ``x``."""
         if not isinstance(x, Tensor):
             raise TypeError(f"{self!r}.act expects a torch.Tensor batch, got {type(x).__name__}.")
+        self._check_input(x)
+
+    def act(self, x: Tensor, k: int) -> Tensor:
+        """Apply element ``k`` to the batch ``x`` (sample axis first); the result has the shape of ``x``."""
         if not 0 <= k < len(self):
             raise IndexError(f"{self!r} has {len(self)} elements (0..{len(self) - 1}), got element {k}.")
-        self._check_input(x)
+        self.check_input(x)
         if k == 0:
             return x
         out = self._act(x, k)

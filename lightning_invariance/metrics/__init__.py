@@ -3,7 +3,7 @@
 from lightning_invariance.metrics.consistency import PredictionConsistency
 from lightning_invariance.metrics.deviation import EquivarianceDeviation, InvarianceDeviation
 from lightning_invariance.metrics.lie import LieDerivative
-from lightning_invariance.metrics.linear import LinearEquivariance
+from lightning_invariance.metrics.linear import LinearEquivariance, LinearMapFit
 from lightning_invariance.metrics.variance import NormalizedVariance
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "InvarianceDeviation",
     "LieDerivative",
     "LinearEquivariance",
+    "LinearMapFit",
     "NormalizedVariance",
     "PredictionConsistency",
 ]

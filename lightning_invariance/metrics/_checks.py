@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from torch import Tensor
 
-__all__ = ["check_labels", "check_optional_positive", "check_positive"]
+__all__ = ["check_labels", "check_optional_positive", "check_positive", "warn_nan"]
 
 
 def _is_positive_int(value: Any) -> bool:
@@ -42,3 +43,8 @@ def check_labels(labels: Any, orbit_features: Tensor, num_classes: int) -> None:
             f"Expected `labels` in [0, {num_classes}) (num_classes={num_classes}), but got values in "
             f"[{int(labels.min())}, {int(labels.max())}]."
         )
+
+
+def warn_nan(message: str) -> None:
+    """Warn that a computed value is NaN for lack of data (a NaN is never returned silently)."""
+    warnings.warn(message, RuntimeWarning, stacklevel=4)

@@ -6,7 +6,8 @@ from typing import Any
 
 from torch import Tensor
 
-from lightning_invariance.functional.deviation import DEFAULT_MAX_NORMALIZER_PAIRS
+from lightning_invariance.functional.deviation import DEFAULT_NORMALIZER_WINDOW
+from lightning_invariance.groups.base import Group
 from lightning_invariance.metrics.deviation import _DeviationMetric
 
 __all__ = ["PredictionConsistency"]
@@ -18,8 +19,9 @@ class PredictionConsistency(_DeviationMetric):
     .. math::
         1 - \frac{1}{|D|\,|G|} \sum_{x \in D} \sum_{g \in G} \mathbb{1}\big[\hat y(g.x) \neq \hat y_{ref}(x)\big]
 
-    The identity element counts in the average (it never flips), as in the G-EED.
-    :meth:`compute_summary`'s ``geed`` is the flip rate.
+    The identity element counts in the average (it never flips), as in the G-EED. :meth:`compute_summary` returns
+    ``consistency``, ``flip_rate`` (one minus it), ``per_element_consistency``, ``num_samples`` and
+    ``num_skipped``.
 
     As input to ``update``:
         - ``orbit_outputs`` (:class:`~torch.Tensor`): class scores ``(|G|, N, C)`` or integer labels ``(|G|, N)``.
@@ -28,8 +30,10 @@ class PredictionConsistency(_DeviationMetric):
         - the consistency in ``[1/|G|, 1]`` (float64 scalar).
 
     Args:
-        num_elements: ``|G|``.
+        num_elements: ``|G|``, or the group.
         reference: ``"identity"`` (the untransformed prediction) or ``"centroid"`` (the orbit's majority label).
+        nan_strategy: ``"error"`` on NaN/inf class scores (they have no predicted label), or ``"skip"`` those samples
+            with a warning.
         kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example:
@@ -43,11 +47,23 @@ class PredictionConsistency(_DeviationMetric):
     higher_is_better = True
     plot_upper_bound = 1.0
 
-    def __init__(self, num_elements: int, reference: str = "identity", **kwargs: Any) -> None:
-        super().__init__(
-            num_elements, "discrete", reference, False, True, "error", DEFAULT_MAX_NORMALIZER_PAIRS, None, **kwargs
-        )
+    _compute_key = "consistency"
 
-    def compute(self) -> Tensor:
-        """Fraction of (sample, element) predictions equal to the reference's."""
-        return 1.0 - super().compute()
+    def __init__(
+        self, num_elements: int | Group, reference: str = "identity", nan_strategy: str = "error", **kwargs: Any
+    ) -> None:
+        super().__init__(
+            num_elements, "discrete", reference, False, True, nan_strategy, DEFAULT_NORMALIZER_WINDOW, None, **kwargs
+        )
+        self._compute_key = "consistency"
+
+    def _summary(self, warn: bool) -> dict[str, Tensor]:
+        """Consistency, flip rate and per-element consistency from the discrete G-EED's statistics."""
+        deviation = super()._summary(warn)
+        return {
+            "consistency": 1.0 - deviation["geed"],
+            "flip_rate": deviation["geed"],
+            "per_element_consistency": 1.0 - deviation["per_element"],
+            "num_samples": deviation["num_samples"],
+            "num_skipped": deviation["num_skipped"],
+        }

@@ -6,29 +6,30 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 from lightning_invariance.functional.deviation import (
-    DEFAULT_MAX_NORMALIZER_PAIRS,
+    DEFAULT_NORMALIZER_WINDOW,
     NAN_STRATEGIES,
-    _deviation_compute,
     _deviation_update,
     _standard_error,
+    check_window,
 )
 from lightning_invariance.functional.distances import DISTANCES, REFERENCES, check_choice
 from lightning_invariance.groups.actions import RepresentationAction
-from lightning_invariance.metrics._checks import check_labels, check_optional_positive
+from lightning_invariance.groups.base import Group
+from lightning_invariance.metrics._base import SummaryMetric
+from lightning_invariance.metrics._checks import check_labels, check_optional_positive, check_positive, warn_nan
+from lightning_invariance.metrics._normalizer import add_normalizer_states, normalizer_mean, update_normalizer
 
 __all__ = ["EquivarianceDeviation", "InvarianceDeviation"]
 
 
-class _DeviationMetric(Metric):
-    """Shared states and maths: float64 sums reduced by ``"sum"`` (and the worst case by ``"max"``)."""
+class _DeviationMetric(SummaryMetric):
+    """Shared states and maths: float64 sums reduced by ``"sum"`` (the worst case by ``"max"``) and the normaliser."""
 
-    is_differentiable = False
     higher_is_better = False
-    full_state_update = False
     plot_lower_bound = 0.0
+    _compute_key = "geed"
 
     element_sum: Tensor
     num_samples: Tensor
@@ -36,6 +37,7 @@ class _DeviationMetric(Metric):
     max_deviation: Tensor
     pair_sum: Tensor
     pair_count: Tensor
+    pair_boundaries: list[Tensor]
     num_skipped: Tensor
     class_sum: Tensor
     class_count: Tensor
@@ -45,13 +47,13 @@ class _DeviationMetric(Metric):
 
     def __init__(
         self,
-        num_elements: int,
+        num_elements: int | Group,
         distance: str,
         reference: str,
         normalize: bool,
         apply_softmax: bool,
         nan_strategy: str,
-        max_normalizer_pairs: int,
+        normalizer_window: int,
         action: RepresentationAction | None,
         num_classes: int | None = None,
         keep_sample_deviations: bool = False,
@@ -59,33 +61,32 @@ class _DeviationMetric(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(num_elements, int) or isinstance(num_elements, bool) or num_elements < 1:
-            raise ValueError(f"Expected argument `num_elements` to be a positive int (|G|), but got {num_elements!r}.")
+        num_elements = len(num_elements) if isinstance(num_elements, Group) else num_elements
+        check_positive("num_elements", num_elements)
         check_choice("distance", distance, DISTANCES)
         check_choice("reference", reference, REFERENCES)
         check_choice("nan_strategy", nan_strategy, NAN_STRATEGIES)
-        if not isinstance(max_normalizer_pairs, int) or max_normalizer_pairs < 1:
-            raise ValueError(f"Expected `max_normalizer_pairs` to be a positive int, got {max_normalizer_pairs!r}.")
-        self.num_elements = num_elements
-        self.distance, self.reference, self.normalize = distance, reference, bool(normalize)
-        self.apply_softmax, self.nan_strategy = bool(apply_softmax), nan_strategy
-        self.max_normalizer_pairs, self.action = max_normalizer_pairs, action
+        check_window(normalizer_window)
         check_optional_positive("num_classes", num_classes)
         if border_mask and (action is None or action.trivial):
             raise ValueError(
                 "`border_mask=True` needs a non-trivial action with a spatial valid region (equivariance)."
             )
+        self.num_elements = num_elements
+        self.distance, self.reference, self.normalize = distance, reference, bool(normalize)
+        self.apply_softmax, self.nan_strategy = bool(apply_softmax), nan_strategy
+        self.normalizer_window, self.action = normalizer_window, action
         self.num_classes, self.keep_sample_deviations = num_classes, bool(keep_sample_deviations)
         self.border_mask = bool(border_mask)
+        self._compute_key = "geed_normalized" if self.normalize else "geed"
 
         f64 = torch.float64
         self.add_state("element_sum", torch.zeros(num_elements, dtype=f64), dist_reduce_fx="sum")
         self.add_state("num_samples", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self.add_state("sample_sq_sum", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self.add_state("max_deviation", torch.zeros((), dtype=f64), dist_reduce_fx="max")
-        self.add_state("pair_sum", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
-        self.add_state("pair_count", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self.add_state("num_skipped", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        add_normalizer_states(self)
         if num_classes is not None:
             self.add_state("class_sum", torch.zeros(num_classes, dtype=f64), dist_reduce_fx="sum")
             self.add_state("class_count", torch.zeros(num_classes, dtype=f64), dist_reduce_fx="sum")
@@ -110,83 +111,89 @@ class _DeviationMetric(Metric):
             self.reference,
             self.apply_softmax,
             self.nan_strategy,
-            self.max_normalizer_pairs,
             action=self.action,
             num_elements=self.num_elements,
             border_mask=self.border_mask,
         )
-        distances, pair_sum, pair_count, num_skipped = batch[:4]
+        update_normalizer(self, batch.identity_rows, self.distance, self.normalizer_window)
         # in-place updates: a plain `self.state += x` would go through nn.Module.__setattr__ on every batch
-        distances = distances.to(self.element_sum.device)
+        distances = batch.distances.to(self.element_sum.device)
         self.element_sum.add_(distances.sum(dim=1))
         self.num_samples.add_(distances.shape[1])
         per_sample = distances.mean(dim=0)  # each sample's mean distance over the group
         self.sample_sq_sum.add_(per_sample.square().sum())
         if distances.numel():
             torch.maximum(self.max_deviation, distances.max(), out=self.max_deviation)
-        self.pair_sum.add_(pair_sum.to(self.pair_sum.device))
-        self.pair_count.add_(pair_count.to(self.pair_count.device))
-        if num_skipped:
-            self.num_skipped.add_(num_skipped)
+        if batch.num_skipped:
+            self.num_skipped.add_(batch.num_skipped)
         if self.num_classes is not None:
             kept_labels = labels if batch.kept is None else labels[batch.kept.to(labels.device)]
             kept_labels = kept_labels.to(self.class_sum.device, torch.long)
             self.class_sum.index_add_(0, kept_labels, per_sample)
             self.class_count.index_add_(0, kept_labels, torch.ones_like(per_sample))
-        if self.keep_sample_deviations:
-            self.sample_deviations.append(per_sample)
+        if self.keep_sample_deviations:  # float32, the dtype of TorchMetrics' placeholder for a process without data
+            self.sample_deviations.append(per_sample.to(torch.float32))
         if batch.valid_entries is not None:
             self.valid_entries.add_(batch.valid_entries.to(self.valid_entries.device) * distances.shape[1])
             self.entries.add_(batch.entries * distances.shape[1])
 
-    def compute(self) -> Tensor:
-        """The G-EED over everything seen since the last reset (normalised if ``normalize=True``)."""
-        return _deviation_compute(self.element_sum, self.num_samples, self.pair_sum, self.pair_count, self.normalize)
-
-    def compute_summary(self) -> dict[str, Tensor]:
-        """Every statistic at once, synchronised across processes like :meth:`compute`.
-
-        Returns a dict with ``geed`` (raw), ``geed_normalized`` (NaN without pairs), ``stderr`` (standard error of
-        the raw G-EED over samples), ``max`` (the largest single distance), ``per_element`` and
-        ``per_element_normalized`` (the G-EED of each group element, shape ``(|G|,)``), ``pair_mean`` (the
-        normaliser: mean distance between different inputs), ``num_samples`` and ``num_skipped``. With
-        ``num_classes``: ``per_class`` and ``per_class_normalized`` (NaN for a class never seen) and
-        ``class_count``; with ``keep_sample_deviations``: ``sample_deviations``, each sample's mean distance over
-        the group; with ``border_mask``: ``valid_fraction``, the fraction of entries compared, per element. Unlike
-        :meth:`compute` it does not warn when empty: every value is then NaN (counts 0).
-        """
-        with self.sync_context(
-            dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
-        ):
-            n = self.num_samples
-            nan = torch.tensor(float("nan"), dtype=torch.float64, device=n.device)
-            empty = float(n) == 0
-            pair_mean = self.pair_sum / self.pair_count if float(self.pair_count) > 0 else nan
-            per_element = self.element_sum / n if not empty else self.element_sum * float("nan")
-            geed = _deviation_compute(self.element_sum, n, self.pair_sum, self.pair_count, False)
-            extra: dict[str, Tensor] = {}
-            if self.num_classes is not None:
-                per_class = self.class_sum / self.class_count  # 0/0 = NaN for a class never seen
-                extra |= {
-                    "per_class": per_class,
-                    "per_class_normalized": per_class / pair_mean,
-                    "class_count": self.class_count.clone(),
-                }
-            if self.keep_sample_deviations:
-                extra["sample_deviations"] = _concatenated(self.sample_deviations, n)
-            if self.border_mask:
-                extra["valid_fraction"] = self.valid_entries / self.entries
-            return extra | {
-                "geed": geed,
-                "geed_normalized": geed / pair_mean,
-                "stderr": _standard_error(self.element_sum, self.sample_sq_sum, n),
-                "max": nan if empty else self.max_deviation.clone(),
-                "per_element": per_element,
-                "per_element_normalized": per_element / pair_mean,
-                "pair_mean": pair_mean.clone(),
-                "num_samples": n.clone(),
-                "num_skipped": self.num_skipped.clone(),
+    def _summary(self, warn: bool) -> dict[str, Tensor]:
+        """Every statistic (see :meth:`compute_summary`)."""
+        n = self.num_samples
+        nan = torch.tensor(float("nan"), dtype=torch.float64, device=n.device)
+        empty = float(n) == 0
+        pair_mean = normalizer_mean(self, self.distance, self.normalizer_window)
+        if warn and empty:
+            warn_nan(f"{type(self).__name__} has seen no sample (or skipped every one): its value is NaN.")
+        elif warn and self.normalize and bool(torch.isnan(pair_mean)):
+            warn_nan(
+                f"The normalised {type(self).__name__} needs two or more samples (pairs of different inputs) but saw "
+                f"{int(n)}: its value is NaN."
+            )
+        per_element = self.element_sum / n if not empty else self.element_sum * float("nan")
+        geed = per_element.mean()
+        extra: dict[str, Tensor] = {}
+        if self.num_classes is not None:
+            per_class = self.class_sum / self.class_count  # 0/0 = NaN for a class never seen
+            extra |= {
+                "per_class": per_class,
+                "per_class_normalized": per_class / pair_mean,
+                "class_count": self.class_count.clone(),
             }
+        if self.keep_sample_deviations:
+            extra["sample_deviations"] = _concatenated(self.sample_deviations, n)
+        if self.border_mask:
+            extra["valid_fraction"] = self.valid_entries / self.entries
+        return extra | {
+            "geed": geed,
+            "geed_normalized": geed / pair_mean,
+            "stderr": _standard_error(self.element_sum, self.sample_sq_sum, n),
+            "max": nan if empty else self.max_deviation.clone(),
+            "per_element": per_element,
+            "per_element_normalized": per_element / pair_mean,
+            "pair_mean": pair_mean,
+            "num_samples": n.clone(),
+            "num_skipped": self.num_skipped.clone(),
+        }
+
+
+def _elements_of(action: RepresentationAction, num_elements: int | Group | None) -> int:
+    """``|G|`` from ``num_elements`` or the action's group, checked against the action."""
+    action_group = getattr(action, "group", None)
+    if num_elements is None:
+        if not isinstance(action_group, Group):
+            raise ValueError(f"Pass `num_elements` (|G|): {action!r} does not say how many elements it has.")
+        return len(action_group)
+    count = len(num_elements) if isinstance(num_elements, Group) else num_elements
+    check_positive("num_elements", count)
+    if isinstance(num_elements, Group):
+        try:
+            action.check_group(num_elements)
+        except ValueError as error:
+            raise ValueError(f"`action` does not fit the group: {error}") from error
+    elif isinstance(action_group, Group) and len(action_group) != count:
+        raise ValueError(f"Expected `num_elements` to match {action!r}, which has {len(action_group)} elements, but got {count}.")
+    return count
 
 
 def _concatenated(values: list[Tensor] | Tensor, like: Tensor) -> Tensor:
@@ -203,23 +210,36 @@ class InvarianceDeviation(_DeviationMetric):
         \mathrm{G\text{-}EED} = \frac{1}{|D|\,|G|} \sum_{x \in D} \sum_{g \in G} m\big(f(g.x),\, r(x)\big)
 
     with ``r(x)`` the orbit centroid or ``f(x)``; optionally divided by the mean ``m(f(x_i), f(x_j))`` over pairs of
-    different inputs of a batch (``normalize=True``: 0 invariant, 1 as far as swapping the input).
+    different inputs (``normalize=True``: 0 invariant, 1 as far as swapping the input). The pairs are fixed by the
+    order of the samples (each with the ``normalizer_window - 1`` before it), across ``update`` calls, ``forward``,
+    ``merge_state`` and processes, so the value does not depend on how the data was split into batches.
+
+    The distances are computed in float32 or wider with autocast off (float16/bfloat16 features are widened), each
+    vector scaled by a power of two first so that squares cannot overflow; sums are float64.
 
     As input to ``update``:
         - ``orbit_features`` (:class:`~torch.Tensor`): ``(|G|, N, ...)``, ``f(g_k . x_i)`` with the identity first;
           class scores ``(|G|, N, C)`` or labels ``(|G|, N)`` for ``kl``/``discrete``.
 
     As output of ``compute``:
-        - the G-EED (float64 scalar); :meth:`compute_summary` adds per-element scores, standard error and max.
+        - the G-EED (float64 scalar), normalised with ``normalize=True``; NaN with a warning before any sample.
+
+    :meth:`compute_summary` returns every statistic, synchronised like ``compute``: ``geed`` (raw),
+    ``geed_normalized``, ``stderr`` (standard error of the raw G-EED over samples), ``max`` (the largest single
+    distance), ``per_element`` and ``per_element_normalized`` (``(|G|,)``), ``pair_mean`` (the normaliser),
+    ``num_samples`` and ``num_skipped``; with ``num_classes``: ``per_class``, ``per_class_normalized`` (NaN for a class
+    never seen) and ``class_count``; with ``keep_sample_deviations``: ``sample_deviations``; with ``border_mask``:
+    ``valid_fraction`` per element. It does not warn: every value is NaN (counts 0) before any sample.
 
     Args:
-        num_elements: ``|G|``, the number of group elements (axis 0 of the orbit features).
+        num_elements: ``|G|``, the number of group elements (axis 0 of the orbit features), or the group itself.
         distance: ``"euclidean"``, ``"cosine"``, ``"kl"`` or ``"discrete"``.
         reference: ``"centroid"`` or ``"identity"``.
         normalize: make :meth:`compute` return the normalised G-EED.
         apply_softmax: for ``kl``: the features are logits (``False``: probabilities).
         nan_strategy: ``"error"`` on NaN/inf features, or ``"skip"`` those samples with a warning.
-        max_normalizer_pairs: pair budget of the normaliser per batch.
+        normalizer_window: the normaliser pairs each sample with the ``normalizer_window - 1`` samples before it,
+            across batches (see :mod:`~lightning_invariance.functional.normalizer`).
         num_classes: also keep the G-EED per class; ``update`` then needs ``labels``.
         keep_sample_deviations: also keep every sample's mean distance over the group (memory grows with the
             data), for histograms: a mean near 0 can hide a few large failures.
@@ -237,13 +257,13 @@ class InvarianceDeviation(_DeviationMetric):
 
     def __init__(
         self,
-        num_elements: int,
+        num_elements: int | Group,
         distance: str = "euclidean",
         reference: str = "centroid",
         normalize: bool = False,
         apply_softmax: bool = True,
         nan_strategy: str = "error",
-        max_normalizer_pairs: int = DEFAULT_MAX_NORMALIZER_PAIRS,
+        normalizer_window: int = DEFAULT_NORMALIZER_WINDOW,
         num_classes: int | None = None,
         keep_sample_deviations: bool = False,
         **kwargs: Any,
@@ -255,7 +275,7 @@ class InvarianceDeviation(_DeviationMetric):
             normalize,
             apply_softmax,
             nan_strategy,
-            max_normalizer_pairs,
+            normalizer_window,
             None,
             num_classes,
             keep_sample_deviations,
@@ -274,23 +294,26 @@ class EquivarianceDeviation(_DeviationMetric):
           e.g. ``(|G|, N, C, H, W)`` for feature maps.
 
     As output of ``compute``:
-        - the G-EED (float64 scalar).
+        - the G-EED (float64 scalar); :meth:`compute_summary` as in :class:`InvarianceDeviation`.
+
+    There is no ``reference`` argument: the reference is always ``rho(g) f(x)``.
 
     Args:
         action: how element ``k`` acts on the representation (:class:`~lightning_invariance.groups.SpatialAction`,
             :class:`~lightning_invariance.groups.RegularAction`, ...).
-        num_elements: ``|G|``.
+        num_elements: ``|G|``, or the group; ``None`` takes it from the action's group (``SpatialAction``,
+            ``RegularAction``). An action of another size raises ``ValueError``.
         border_mask: compare only the region each element leaves valid (interpolated rotations and scalings leave
             empty corners): entries outside it are zeroed in both ``f(g.x)`` and ``rho(g) f(x)``; the fraction
             compared is kept per element (``valid_fraction`` in :meth:`compute_summary`).
-        distance, normalize, apply_softmax, nan_strategy, max_normalizer_pairs, num_classes,
+        distance, normalize, apply_softmax, nan_strategy, normalizer_window, num_classes,
             keep_sample_deviations, kwargs: as in :class:`InvarianceDeviation`.
 
     Example:
         >>> import torch
         >>> from lightning_invariance.groups import CyclicRotation, SpatialAction
         >>> group = CyclicRotation(4)
-        >>> metric = EquivarianceDeviation(SpatialAction(group), num_elements=len(group))
+        >>> metric = EquivarianceDeviation(SpatialAction(group))
         >>> metric.update(group.orbit(torch.randn(3, 2, 5, 5)))  # the identity map is equivariant
         >>> metric.compute()
         tensor(0., dtype=torch.float64)
@@ -299,12 +322,12 @@ class EquivarianceDeviation(_DeviationMetric):
     def __init__(
         self,
         action: RepresentationAction,
-        num_elements: int,
+        num_elements: int | Group | None = None,
         distance: str = "euclidean",
         normalize: bool = False,
         apply_softmax: bool = True,
         nan_strategy: str = "error",
-        max_normalizer_pairs: int = DEFAULT_MAX_NORMALIZER_PAIRS,
+        normalizer_window: int = DEFAULT_NORMALIZER_WINDOW,
         num_classes: int | None = None,
         keep_sample_deviations: bool = False,
         border_mask: bool = False,
@@ -312,6 +335,12 @@ class EquivarianceDeviation(_DeviationMetric):
     ) -> None:
         if not isinstance(action, RepresentationAction):
             raise TypeError(f"Expected argument `action` to be a RepresentationAction, got {type(action).__name__}.")
+        if "reference" in kwargs:
+            raise ValueError(
+                "EquivarianceDeviation has no `reference`: it compares f(g.x) with the action's image rho(g) f(x). "
+                "For invariance with reference='identity' or 'centroid' use InvarianceDeviation."
+            )
+        num_elements = _elements_of(action, num_elements)
         super().__init__(
             num_elements,
             distance,
@@ -319,7 +348,7 @@ class EquivarianceDeviation(_DeviationMetric):
             normalize,
             apply_softmax,
             nan_strategy,
-            max_normalizer_pairs,
+            normalizer_window,
             action,
             num_classes,
             keep_sample_deviations,

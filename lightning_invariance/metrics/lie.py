@@ -6,14 +6,15 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 from lightning_invariance.functional.lie import _lie_update
+from lightning_invariance.metrics._base import SummaryMetric
+from lightning_invariance.metrics._checks import warn_nan
 
 __all__ = ["LieDerivative"]
 
 
-class LieDerivative(Metric):
+class LieDerivative(SummaryMetric):
     r"""Mean norm of the Lie derivative of a representation, raw and relative to the representation's norm.
 
     .. math::
@@ -29,19 +30,19 @@ class LieDerivative(Metric):
         - ``derivatives`` (:class:`~torch.Tensor`): ``(N, ...)``, ``L f(x)``.
 
     As output of ``compute``:
-        - the normalised mean (``normalize=True``) or the mean ``||L f(x)||`` (float64 scalar).
+        - the normalised mean (``normalize=True``) or the mean ``||L f(x)||`` (float64 scalar); NaN with a warning
+          before any sample. :meth:`compute_summary` returns ``lie_derivative`` (relative), ``lie_derivative_raw``,
+          ``max`` (the largest relative one), ``num_samples`` and ``num_zero``.
 
     Example:
         >>> import torch
-        >>> metric = LieDerivative()
+        >>> metric = LieDerivative(normalize=True)
         >>> metric.update(torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
         >>> metric.compute()
         tensor(0.1000, dtype=torch.float64)
     """
 
-    is_differentiable = False
     higher_is_better = False
-    full_state_update = False
     plot_lower_bound = 0.0
 
     derivative_sum: Tensor
@@ -50,9 +51,10 @@ class LieDerivative(Metric):
     num_zero: Tensor
     max_relative: Tensor
 
-    def __init__(self, normalize: bool = True, **kwargs: Any) -> None:
+    def __init__(self, normalize: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.normalize = bool(normalize)
+        self._compute_key = "lie_derivative" if self.normalize else "lie_derivative_raw"
         f64 = torch.float64
         self.add_state("derivative_sum", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self.add_state("relative_sum", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
@@ -63,6 +65,11 @@ class LieDerivative(Metric):
     def update(self, features: Tensor, derivatives: Tensor) -> None:
         """Add a batch of representations and their Lie derivatives."""
         derivative_norms, feature_norms = _lie_update(features, derivatives)
+        if not bool(torch.isfinite(derivative_norms).all() & torch.isfinite(feature_norms).all()):
+            raise ValueError(
+                "The representations or their Lie derivatives hold NaN or infinite values; the Lie derivative would be "
+                "NaN. Fix the model or inputs."
+            )
         derivative_norms, feature_norms = (
             derivative_norms.to(self.num_samples.device),
             feature_norms.to(self.num_samples.device),
@@ -76,28 +83,17 @@ class LieDerivative(Metric):
         if relative.numel():
             torch.maximum(self.max_relative, relative.max(), out=self.max_relative)
 
-    def compute(self) -> Tensor:
-        """The mean relative (``normalize=True``) or raw Lie derivative norm."""
-        return self._summary()["lie_derivative" if self.normalize else "lie_derivative_raw"]
-
-    def compute_summary(self) -> dict[str, Tensor]:
-        """Every score, synchronised like :meth:`compute`.
-
-        ``lie_derivative`` (relative), ``lie_derivative_raw``, ``lie_derivative_max`` (the largest relative one),
-        ``num_samples`` and ``num_zero``.
-        """
-        with self.sync_context(
-            dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
-        ):
-            return self._summary()
-
-    def _summary(self) -> dict[str, Tensor]:
+    def _summary(self, warn: bool) -> dict[str, Tensor]:
         counted = self.num_samples - self.num_zero
+        if warn and float(self.num_samples) == 0:
+            warn_nan("LieDerivative has seen no sample: its value is NaN.")
+        elif warn and self.normalize and float(counted) == 0:
+            warn_nan("Every representation LieDerivative saw is zero, so the relative value is NaN.")
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.num_samples.device)
         return {
             "lie_derivative": self.relative_sum / counted if float(counted) > 0 else nan,
             "lie_derivative_raw": self.derivative_sum / self.num_samples if float(self.num_samples) > 0 else nan,
-            "lie_derivative_max": self.max_relative.clone() if float(counted) > 0 else nan,
+            "max": self.max_relative.clone() if float(counted) > 0 else nan,
             "num_samples": self.num_samples.clone(),
             "num_zero": self.num_zero.clone(),
         }

@@ -1,4 +1,4 @@
-"""TorchMetrics class for fitted linear equivariance (Lenc & Vedaldi 2015)."""
+"""TorchMetrics classes for fitted linear equivariance (Lenc & Vedaldi 2015): fit the maps, then measure them."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
-from lightning_invariance.functional.deviation import DEFAULT_MAX_NORMALIZER_PAIRS
-from lightning_invariance.functional.distances import pair_distance_sums
 from lightning_invariance.functional.linear import (
     DEFAULT_RIDGE,
     _linear_evaluate,
@@ -17,32 +14,42 @@ from lightning_invariance.functional.linear import (
     fit_linear_maps,
     pooled_orbit,
 )
-from lightning_invariance.metrics._checks import check_positive
+from lightning_invariance.functional.normalizer import DEFAULT_NORMALIZER_WINDOW
+from lightning_invariance.groups.base import Group
+from lightning_invariance.metrics._base import SummaryMetric
+from lightning_invariance.metrics._checks import check_positive, warn_nan
+from lightning_invariance.metrics._normalizer import add_normalizer_states, normalizer_mean, update_normalizer
+from lightning_invariance.metrics._records import make_record, read_records
 
-__all__ = ["LinearEquivariance"]
+__all__ = ["LinearEquivariance", "LinearMapFit"]
 
 
-class LinearEquivariance(Metric):
-    r"""Held-out G-EED of ``f(g.x)`` against a fitted affine map ``M_g f(x)``, next to the invariance G-EED.
+def _check_pooling(pool_size: int, max_features: int, seed: int) -> None:
+    check_positive("pool_size", pool_size)
+    check_positive("max_features", max_features)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"Expected argument `seed` to be an int, but got {seed!r}.")
 
-    Two phases. Until :meth:`fit` is called, ``update`` accumulates the float64 sums ``X^T X`` and ``X^T Y_g`` of
-    the fitting set (``X = [f(x), 1]``, ``Y_g = f(g.x)``, on pooled features); :meth:`fit` reduces them across
-    processes and solves one ridge regression per element. After it, ``update`` measures held-out batches:
-    ``||f(g.x) - M_g [f(x); 1]||`` and, for comparison, ``||f(g.x) - f(x)||`` on the same pooled features. A low
-    fitted score with a high invariance score means *equivariant but not invariant*; both high means *neither*.
-    See :mod:`lightning_invariance.functional.linear` for what is pooled and projected.
+
+class LinearMapFit(SummaryMetric):
+    r"""Fit one affine map per group element, ``f(g.x) ~ M_g [f(x); 1]``, by ridge regression (Lenc & Vedaldi 2015).
+
+    ``update`` accumulates the float64 sums ``X^T X`` and ``X^T Y_g`` of pooled features (``X = [f(x), 1]``,
+    ``Y_g = f(g.x)``; see :mod:`lightning_invariance.functional.linear` for the pooling); ``compute`` reduces them
+    across processes and solves the ridge regressions. Measure the maps on held-out data with
+    :meth:`held_out_metric` (a :class:`LinearEquivariance`). The width of the sums is set by the first batch;
+    TorchMetrics merges them as records (see ``metrics/_records.py``), so a process that saw nothing is fine.
 
     As input to ``update``:
         - ``orbit_features`` (:class:`~torch.Tensor`): ``(|G|, N, ...)``, identity first.
 
     As output of ``compute``:
-        - the held-out fitted G-EED (normalised by the mean distance between different held-out inputs when
-          ``normalize=True``); :meth:`compute_summary` adds the invariance scores and the fitted maps.
+        - the maps ``(|G|, F+1, F)`` (float64): ``f(g.x) ~ [f(x), 1] @ maps[g]``. :meth:`compute_summary` adds
+          ``fit_samples``.
 
     Args:
-        num_elements: ``|G|``.
+        num_elements: ``|G|``, or the group.
         ridge: penalty relative to the mean squared feature value.
-        normalize: make :meth:`compute` return the normalised score.
         pool_size, max_features, seed: how features are made small, as in
             :func:`~lightning_invariance.functional.linear_equivariance_deviation`.
         kwargs: passed to :class:`torchmetrics.Metric`.
@@ -51,131 +58,168 @@ class LinearEquivariance(Metric):
         >>> import torch
         >>> from lightning_invariance.groups import Permutation
         >>> group = Permutation(dim=1, num_elements=3)
-        >>> metric = LinearEquivariance(num_elements=3, ridge=1e-9)
-        >>> metric.update(group.orbit(torch.randn(40, 5)))  # fitting set
-        >>> maps = metric.fit()
-        >>> metric.update(group.orbit(torch.randn(20, 5)))  # held out
+        >>> fit = LinearMapFit(group, ridge=1e-9)
+        >>> fit.update(group.orbit(torch.randn(40, 5)))
+        >>> metric = fit.held_out_metric(normalize=True)
+        >>> metric.update(group.orbit(torch.randn(20, 5)))
         >>> summary = metric.compute_summary()
         >>> bool(summary["linear_geed_normalized"] < 1e-6), bool(summary["invariance_geed_normalized"] > 0.5)
         (True, True)
     """
 
-    is_differentiable = False
-    higher_is_better = False
-    full_state_update = False
-    plot_lower_bound = 0.0
+    higher_is_better = None
+    _compute_key = "maps"
 
-    xtx: Tensor
-    xty: Tensor
+    sums: list[Tensor]
     fit_samples: Tensor
-    linear_sum: Tensor
-    invariance_sum: Tensor
-    num_samples: Tensor
-    pair_sum: Tensor
-    pair_count: Tensor
 
     def __init__(
         self,
-        num_elements: int,
+        num_elements: int | Group,
         ridge: float = DEFAULT_RIDGE,
-        normalize: bool = True,
         pool_size: int = 2,
         max_features: int = 256,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        for name, value in (("num_elements", num_elements), ("pool_size", pool_size), ("max_features", max_features)):
-            check_positive(name, value)
-        if not isinstance(ridge, (int, float)) or ridge < 0:
+        num_elements = len(num_elements) if isinstance(num_elements, Group) else num_elements
+        check_positive("num_elements", num_elements)
+        _check_pooling(pool_size, max_features, seed)
+        if not isinstance(ridge, (int, float)) or isinstance(ridge, bool) or ridge < 0:
             raise ValueError(f"Expected argument `ridge` to be a non-negative float, but got {ridge!r}.")
-        self.num_elements, self.ridge, self.normalize = num_elements, float(ridge), bool(normalize)
+        self.num_elements, self.ridge = num_elements, float(ridge)
         self.pool_size, self.max_features, self.seed = pool_size, max_features, seed
-        self.maps: Tensor | None = None
-        f64 = torch.float64
-        self.add_state("xtx", torch.zeros(0, 0, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("xty", torch.zeros(num_elements, 0, 0, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("fit_samples", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
-        self.add_state("linear_sum", torch.zeros(num_elements, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("invariance_sum", torch.zeros(num_elements, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("num_samples", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
-        self.add_state("pair_sum", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
-        self.add_state("pair_count", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
-
-    @property
-    def fitted(self) -> bool:
-        """Whether :meth:`fit` has run since the last reset (``update`` then measures held-out data)."""
-        return self.maps is not None
+        self.add_state("sums", [], dist_reduce_fx="cat")
+        self.add_state("fit_samples", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, orbit_features: Tensor) -> None:
-        """Add a fitting batch (before :meth:`fit`) or a held-out batch (after it) of orbit features."""
-        if orbit_features.ndim < 2 or orbit_features.shape[0] != self.num_elements:
-            raise ValueError(
-                f"Expected `orbit_features` of shape ({self.num_elements}, N, ...) (num_elements on axis 0), but got "
-                f"shape {tuple(orbit_features.shape)}."
-            )
-        pooled = pooled_orbit(orbit_features, self.pool_size, self.max_features, self.seed).to(self.xtx.device)
-        if self.maps is None:
-            xtx, xty = _linear_fit_update(pooled)
-            if self.xtx.numel() == 0:
-                self.xtx, self.xty = xtx, xty
-            else:
-                self.xtx.add_(xtx)
-                self.xty.add_(xty)
-            self.fit_samples.add_(pooled.shape[1])
+        """Add a fitting batch of orbit features ``(|G|, N, ...)``."""
+        pooled = _pooled(orbit_features, self.num_elements, self.pool_size, self.max_features, self.seed)
+        if pooled.shape[1] == 0:
             return
+        xtx, xty = _linear_fit_update(pooled)
+        previous = self._sums()
+        if previous is not None:
+            if previous[0].shape != xtx.shape:
+                raise ValueError(
+                    f"Expected {previous[0].shape[0] - 1} pooled values per sample as in earlier updates, but got "
+                    f"{xtx.shape[0] - 1} (from orbit features of shape {tuple(orbit_features.shape)})."
+                )
+            xtx, xty = xtx + previous[0].to(xtx.device), xty + previous[1].to(xty.device)
+        device = self.fit_samples.device
+        self.sums = [make_record(xtx.to(device), xty.to(device))]
+        self.fit_samples.add_(pooled.shape[1])
+
+    def held_out_metric(self, **kwargs: Any) -> LinearEquivariance:
+        """A :class:`LinearEquivariance` measuring the fitted maps (pooled alike); ``kwargs`` go to it."""
+        return LinearEquivariance(
+            self.compute(), pool_size=self.pool_size, max_features=self.max_features, seed=self.seed, **kwargs
+        ).to(self.fit_samples.device)
+
+    def _sums(self) -> tuple[Tensor, Tensor] | None:
+        records = read_records(self.sums)
+        if not records:
+            return None
+        xtx, xty = records[0]
+        for other_xtx, other_xty in records[1:]:
+            xtx, xty = xtx + other_xtx, xty + other_xty
+        return xtx, xty
+
+    def _summary(self, warn: bool) -> dict[str, Tensor]:
+        sums = self._sums()
+        if sums is None:
+            raise ValueError(
+                "Cannot fit the linear maps: no fitting samples were seen. Update the metric before compute()."
+            )
+        return {"maps": fit_linear_maps(*sums, float(self.fit_samples), self.ridge), "fit_samples": self.fit_samples}
+
+
+class LinearEquivariance(SummaryMetric):
+    r"""Held-out G-EED of ``f(g.x)`` against fitted affine maps ``M_g f(x)``, next to the invariance G-EED.
+
+    ``||f(g.x) - M_g [f(x); 1]||`` and, for comparison, ``||f(g.x) - f(x)||`` on the same pooled features. A low
+    fitted score with a high invariance score means *equivariant but not invariant*; both high means *neither*. Fit
+    the maps with :class:`LinearMapFit` (its :meth:`~LinearMapFit.held_out_metric` builds this metric) or pass them.
+
+    As input to ``update``:
+        - ``orbit_features`` (:class:`~torch.Tensor`): ``(|G|, N, ...)``, identity first.
+
+    As output of ``compute``:
+        - the held-out fitted G-EED, divided with ``normalize=True`` by the mean distance between different held-out
+          inputs' pooled features (pairs as in :class:`InvarianceDeviation`). :meth:`compute_summary` returns
+          ``linear_geed``, ``linear_geed_normalized``, ``invariance_geed``, ``invariance_geed_normalized``,
+          ``per_element_linear``, ``per_element_invariance``, ``pair_mean`` and ``num_samples``.
+
+    Args:
+        maps: ``(|G|, F+1, F)`` fitted maps (from :class:`LinearMapFit`); kept as a buffer (in ``state_dict``).
+        normalize: make :meth:`compute` return the normalised score.
+        pool_size, max_features, seed: the pooling the maps were fitted on.
+        normalizer_window: the normaliser's pairs, as in :class:`InvarianceDeviation`.
+        kwargs: passed to :class:`torchmetrics.Metric`.
+    """
+
+    higher_is_better = False
+    plot_lower_bound = 0.0
+
+    maps: Tensor
+    linear_sum: Tensor
+    invariance_sum: Tensor
+    num_samples: Tensor
+    pair_sum: Tensor
+    pair_count: Tensor
+    pair_boundaries: list[Tensor]
+
+    def __init__(
+        self,
+        maps: Tensor,
+        normalize: bool = False,
+        pool_size: int = 2,
+        max_features: int = 256,
+        seed: int = 0,
+        normalizer_window: int = DEFAULT_NORMALIZER_WINDOW,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(maps, Tensor) or maps.ndim != 3 or maps.shape[1] != maps.shape[2] + 1:
+            shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+            raise ValueError(f"Expected `maps` of shape (|G|, F+1, F) from LinearMapFit, but got {shape}.")
+        _check_pooling(pool_size, max_features, seed)
+        self.normalize, self.normalizer_window = bool(normalize), normalizer_window
+        self.pool_size, self.max_features, self.seed = pool_size, max_features, seed
+        self.num_elements = maps.shape[0]
+        self._compute_key = "linear_geed_normalized" if self.normalize else "linear_geed"
+        self.register_buffer("maps", maps.detach().to(torch.float64).clone())
+        f64 = torch.float64
+        self.add_state("linear_sum", torch.zeros(self.num_elements, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("invariance_sum", torch.zeros(self.num_elements, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("num_samples", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        add_normalizer_states(self)
+
+    def update(self, orbit_features: Tensor) -> None:
+        """Add a held-out batch of orbit features ``(|G|, N, ...)``."""
+        pooled = _pooled(orbit_features, self.num_elements, self.pool_size, self.max_features, self.seed)
+        pooled = pooled.to(self.maps.device)
         if pooled.shape[2] + 1 != self.maps.shape[1]:
             raise ValueError(
                 f"The held-out features have {pooled.shape[2]} pooled values but the maps were fitted on "
                 f"{self.maps.shape[1] - 1}."
             )
+        if pooled.shape[1] == 0:
+            return
         linear, invariance = _linear_evaluate(pooled, self.maps)
         self.linear_sum.add_(linear.sum(dim=1))
         self.invariance_sum.add_(invariance.sum(dim=1))
         self.num_samples.add_(pooled.shape[1])
-        pair_sum, pair_count = pair_distance_sums(pooled[0], "euclidean", DEFAULT_MAX_NORMALIZER_PAIRS)
-        self.pair_sum.add_(pair_sum.to(self.pair_sum.device))
-        self.pair_count.add_(pair_count.to(self.pair_count.device))
+        update_normalizer(self, pooled[0], "euclidean", self.normalizer_window)
 
-    def fit(self) -> Tensor:
-        """Fit ``M_g`` on everything updated so far (all processes under DDP); later updates are held out.
-
-        Returns the maps ``(|G|, F+1, F)``: ``f(g.x) ~ [f(x), 1] @ maps[g]``.
-        """
-        if self.maps is not None:
-            raise RuntimeError("LinearEquivariance.fit() was already called; reset() the metric to fit again.")
-        with self.sync_context(
-            dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
-        ):
-            self.maps = fit_linear_maps(self.xtx, self.xty, float(self.fit_samples), self.ridge)
-        return self.maps
-
-    def reset(self) -> None:
-        """Forget the fitting sums, the maps and the held-out scores."""
-        super().reset()
-        self.maps = None
-
-    def compute(self) -> Tensor:
-        """The held-out fitted G-EED (normalised when ``normalize=True``)."""
-        return self._summary()["linear_geed_normalized" if self.normalize else "linear_geed"]
-
-    def compute_summary(self) -> dict[str, Tensor]:
-        """``linear_geed`` and ``invariance_geed`` (raw, ``_normalized``, ``per_element_*``), and the counts.
-
-        Raises ``RuntimeError`` before :meth:`fit`. Held-out scores are NaN before any held-out update.
-        """
-        with self.sync_context(
-            dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
-        ):
-            return self._summary()
-
-    def _summary(self) -> dict[str, Tensor]:
-        if self.maps is None:
-            raise RuntimeError(
-                "LinearEquivariance: call fit() after the fitting updates, then update on held-out data."
-            )
+    def _summary(self, warn: bool) -> dict[str, Tensor]:
         n = self.num_samples
-        pair_mean = self.pair_sum / self.pair_count
+        if warn and float(n) == 0:
+            warn_nan("LinearEquivariance has seen no held-out sample: its value is NaN.")
+        pair_mean = normalizer_mean(self, "euclidean", self.normalizer_window)
+        if warn and self.normalize and float(n) > 0 and bool(torch.isnan(pair_mean)):
+            warn_nan("The normalised LinearEquivariance needs two or more held-out samples: its value is NaN.")
         linear, invariance = self.linear_sum / n, self.invariance_sum / n
         return {
             "linear_geed": linear.mean(),
@@ -184,7 +228,21 @@ class LinearEquivariance(Metric):
             "invariance_geed_normalized": invariance.mean() / pair_mean,
             "per_element_linear": linear,
             "per_element_invariance": invariance,
-            "pair_mean": pair_mean.clone(),
-            "fit_samples": self.fit_samples.clone(),
+            "pair_mean": pair_mean,
             "num_samples": n.clone(),
         }
+
+
+def _pooled(orbit_features: Tensor, num_elements: int, pool_size: int, max_features: int, seed: int) -> Tensor:
+    if not isinstance(orbit_features, Tensor) or orbit_features.ndim < 2 or orbit_features.shape[0] != num_elements:
+        shape = tuple(orbit_features.shape) if isinstance(orbit_features, Tensor) else type(orbit_features).__name__
+        raise ValueError(
+            f"Expected `orbit_features` of shape ({num_elements}, N, ...) (num_elements on axis 0), but got {shape}."
+        )
+    pooled = pooled_orbit(orbit_features, pool_size, max_features, seed)
+    if not bool(torch.isfinite(pooled).all()):
+        raise ValueError(
+            "The orbit features hold NaN or infinite values, so no linear map can be fitted or measured: fix the "
+            "model or inputs (or measure a layer whose values are finite)."
+        )
+    return pooled

@@ -6,103 +6,150 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
-from lightning_invariance.functional.variance import _variance_compute, _variance_update, chan_merge, chan_reduce
+from lightning_invariance.functional.variance import DEFINITIONS, _variance_compute, _variance_update, chan_merge
+from lightning_invariance.metrics._base import SummaryMetric
+from lightning_invariance.metrics._checks import warn_nan
+from lightning_invariance.metrics._records import make_record, read_records
 
 __all__ = ["NormalizedVariance"]
 
 
-class NormalizedVariance(Metric):
+class NormalizedVariance(SummaryMetric):
     r"""Transformation, sample and normalised variance per unit, in one pass (Quiroga et al. 2023).
 
     .. math::
-        NV = \operatorname{mean}_u \frac{\frac{1}{N}\sum_n \mathrm{Var}_g\, a[g,n,u]}{\frac{1}{|G|}\sum_g
-        \mathrm{Var}_n\, a[g,n,u]}
+        NV = \operatorname{mean}_u \frac{\frac{1}{N}\sum_n s_g\, a[g,n,u]}{\frac{1}{|G|}\sum_g s_n\, a[g,n,u]}
 
     0 means transformations leave every unit where it was; 1 means they move units as much as changing the input.
-    The sample variance needs the mean of each (element, unit) column over *all* inputs: it is kept as float64
-    ``(count, mean, M2)`` and merged with Chan's parallel formula across ``update`` calls and, under DDP, across
-    processes, so the result equals the two-pass one. The number of units is taken from the first ``update``; under
-    DDP every process must see at least one batch. See :func:`~lightning_invariance.functional.normalized_variance`
-    for the definitions, dead units (0/0, counted, not averaged) and the units of feature maps (channels, averaged
-    over space).
+    ``definition="tmeasures"`` (the default) reproduces the authors' reference implementation (every activation a
+    unit, standard deviations with ``n - 1``, ``0/0 = 1``); ``"channel_variance"`` is this package's channel-mean
+    variant. See :func:`~lightning_invariance.functional.normalized_variance` for both.
+
+    The sample spread needs each (element, unit) column's mean over *all* inputs: it is kept as float64
+    ``(count, mean, M2)`` and merged with Chan's parallel formula across ``update`` calls, ``forward``,
+    ``merge_state`` and processes, so the result equals the two-pass one. The number of units is set by the first
+    batch; the statistics are kept as records (``metrics/_records.py``), so a process that saw nothing is fine.
 
     As input to ``update``:
         - ``orbit_features`` (:class:`~torch.Tensor`): ``(|G|, N)``, ``(|G|, N, D)`` or ``(|G|, N, C, ...)``.
 
     As output of ``compute``:
-        - the normalised variance (float64 scalar); :meth:`compute_summary` gives every score.
+        - the normalised variance (float64 scalar); NaN with a warning before any sample, or when fewer than two
+          samples were seen. :meth:`compute_summary` returns ``normalized_variance``, ``transformation_variance``,
+          ``sample_variance``, ``dead_units``, ``num_units``, ``num_samples`` and the ``per_unit_*`` tensors (NaN,
+          counts 0, before any sample).
+
+    Args:
+        definition: ``"tmeasures"`` or ``"channel_variance"``.
+        nan_strategy: ``"error"`` on NaN/inf features (the default), or ``"skip"`` such samples with a warning.
+        kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example:
         >>> import torch
-        >>> metric = NormalizedVariance()
+        >>> metric = NormalizedVariance(definition="channel_variance")
         >>> metric.update(torch.tensor([[[0.0], [2.0]], [[1.0], [3.0]]]))
         >>> metric.compute()
         tensor(0.2500, dtype=torch.float64)
     """
 
-    is_differentiable = False
     higher_is_better = False
-    full_state_update = False
     plot_lower_bound = 0.0
+    _compute_key = "normalized_variance"
 
-    orbit_variance_sum: Tensor
+    statistics: list[Tensor]
     num_samples: Tensor
-    columns: Tensor
+    num_skipped: Tensor
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, definition: str = "tmeasures", nan_strategy: str = "error", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        f64 = torch.float64
-        self.add_state("orbit_variance_sum", torch.zeros(0, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("num_samples", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
-        self.add_state("columns", torch.zeros(3, 0, 0, dtype=f64), dist_reduce_fx=chan_reduce)
+        if definition not in DEFINITIONS:
+            raise ValueError(f"Expected argument `definition` to be one of {DEFINITIONS} but got {definition!r}.")
+        if nan_strategy not in ("error", "skip"):
+            raise ValueError(f"Expected argument `nan_strategy` to be one of ('error', 'skip') but got {nan_strategy!r}.")
+        self.definition, self.nan_strategy = definition, nan_strategy
+        self.add_state("statistics", [], dist_reduce_fx="cat")
+        self.add_state("num_samples", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("num_skipped", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, orbit_features: Tensor) -> None:
         """Add a batch of orbit features ``(|G|, N, ...)``."""
-        orbit_variance_sum, num_samples, columns = _variance_update(orbit_features)
-        columns = columns.to(self.columns.device)
-        if self.columns.numel() == 0:
-            self.orbit_variance_sum = orbit_variance_sum.to(self.columns.device)
-            self.columns = columns
-        elif columns.shape != self.columns.shape:
-            raise ValueError(
-                f"Expected orbit features with {self.columns.shape[1]} group elements and {self.columns.shape[2]} "
-                f"units as in earlier updates, but got {columns.shape[1]} elements and {columns.shape[2]} units "
-                f"(from shape {tuple(orbit_features.shape)})."
-            )
-        else:
-            self.orbit_variance_sum.add_(orbit_variance_sum.to(self.columns.device))
-            self.columns.copy_(chan_merge(self.columns, columns))
+        orbit_features, skipped = _finite_samples(orbit_features, self.nan_strategy)
+        self.num_skipped.add_(skipped)
+        if orbit_features.shape[1] == 0:
+            return
+        spread_sum, num_samples, columns = _variance_update(orbit_features, self.definition)
+        folded = self._folded()
+        if folded is not None:
+            previous_spread, previous_columns = folded
+            if previous_columns.shape != columns.shape:
+                raise ValueError(
+                    f"Expected orbit features with {previous_columns.shape[1]} group elements and "
+                    f"{previous_columns.shape[2]} units as in earlier updates, but got {columns.shape[1]} elements and "
+                    f"{columns.shape[2]} units (from shape {tuple(orbit_features.shape)})."
+                )
+            spread_sum = previous_spread.to(spread_sum.device) + spread_sum
+            columns = chan_merge(previous_columns.to(columns.device), columns)
+        device = self.num_samples.device
+        self.statistics = [make_record(spread_sum.to(device), columns.to(device))]
         self.num_samples.add_(num_samples)
 
-    def compute(self) -> Tensor:
-        """The normalised variance averaged over the units that are not dead (NaN if every unit is dead)."""
-        return self._summary()["normalized_variance"]
+    def _folded(self) -> tuple[Tensor, Tensor] | None:
+        """The records merged in order: the summed orbit spreads and the Chan-merged column statistics."""
+        records = read_records(self.statistics)
+        if not records:
+            return None
+        spread_sum, columns = records[0]
+        for other_spread, other_columns in records[1:]:
+            if other_columns.shape != columns.shape:
+                raise ValueError(
+                    f"Cannot merge NormalizedVariance states of {columns.shape[2]} and {other_columns.shape[2]} units "
+                    "(another layer?)."
+                )
+            spread_sum, columns = spread_sum + other_spread, chan_merge(columns, other_columns)
+        return spread_sum, columns
 
-    def compute_summary(self) -> dict[str, Tensor]:
-        """Every score, synchronised like :meth:`compute`.
-
-        Returns ``normalized_variance``, ``transformation_variance``, ``sample_variance``, ``num_dead_units``,
-        ``num_units``, ``num_samples`` and the ``per_unit_*`` tensors; all NaN (counts 0) before any update.
-        """
-        with self.sync_context(
-            dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
-        ):
-            return self._summary()
-
-    def _summary(self) -> dict[str, Tensor]:
-        if self.columns.numel() == 0:
-            nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.columns.device)
-            zero = torch.zeros((), dtype=torch.float64, device=self.columns.device)
+    def _summary(self, warn: bool) -> dict[str, Tensor]:
+        folded = self._folded()
+        if folded is None or float(self.num_samples) < 2:
+            if warn:
+                warn_nan(
+                    f"NormalizedVariance needs two or more samples (a sample variance) but saw {int(self.num_samples)}:"
+                    " its value is NaN."
+                )
+            nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.num_samples.device)
+            zero = torch.zeros((), dtype=torch.float64, device=self.num_samples.device)
+            units = zero if folded is None else zero + folded[1].shape[2]
             return {
                 "normalized_variance": nan,
                 "transformation_variance": nan,
                 "sample_variance": nan,
-                "num_dead_units": zero,
-                "num_units": zero,
-                "num_samples": zero,
+                "dead_units": zero,
+                "num_units": units,
+                "num_samples": self.num_samples.clone(),
             }
-        summary = _variance_compute(self.orbit_variance_sum, self.num_samples, self.columns)
+        summary = _variance_compute(folded[0], self.num_samples, folded[1], self.definition)
         summary["num_samples"] = self.num_samples.clone()
         return summary
+
+
+def _finite_samples(orbit_features: Tensor, nan_strategy: str) -> tuple[Tensor, int]:
+    """The samples whose whole orbit is finite, and how many were left out (``"error"`` raises instead)."""
+    if not isinstance(orbit_features, Tensor) or orbit_features.ndim < 2:
+        shape = tuple(orbit_features.shape) if isinstance(orbit_features, Tensor) else type(orbit_features).__name__
+        raise ValueError(f"Expected `orbit_features` of shape (|G|, N, ...), but got {shape}.")
+    if not (orbit_features.is_floating_point() or orbit_features.is_complex()):
+        return orbit_features, 0
+    keep = torch.isfinite(orbit_features).flatten(2).all(dim=2).all(dim=0) if orbit_features.ndim > 2 else None
+    if keep is None:
+        keep = torch.isfinite(orbit_features).all(dim=0)
+    num_bad = int((~keep).sum())
+    if num_bad == 0:
+        return orbit_features, 0
+    if nan_strategy == "error":
+        raise ValueError(
+            f"`orbit_features` holds NaN or infinite values for {num_bad} of {keep.numel()} samples: the variances "
+            "would be NaN. Fix the model or inputs, or pass nan_strategy='skip' to leave those samples out."
+        )
+    warn_nan(f"Skipping {num_bad} of {keep.numel()} samples whose features are NaN or infinite.")
+    return orbit_features[:, keep], num_bad

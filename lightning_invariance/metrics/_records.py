@@ -1,0 +1,70 @@
+"""Metric states whose shape only the data reveals (a layer's width), kept in order through every merge.
+
+TorchMetrics merges states of fixed shape (sums, maxima) by itself. A few statistics here have a shape set by the
+first batch (the unit count of the variance measure, the width of the fitted maps, the normaliser's boundary rows)
+or must be merged in order (Chan's formula, pairs across a cut). They are kept as *records* in one list state with
+``dist_reduce_fx="cat"``: each record is a float64 vector ``[length, count, (ndim, *shape) per tensor, values...]``
+whose bits travel as a float32 vector. That is the one form TorchMetrics can concatenate from every path without
+knowing the shapes:
+
+- ``forward`` and ``merge_state`` append the incoming records before this metric's own (TorchMetrics puts the
+  incoming state first);
+- a distributed sync concatenates every process's records in rank order, and a process that saw nothing adds
+  TorchMetrics' empty float32 placeholder, which decodes to no record.
+
+Metrics read the records back with :func:`read_records`, in order, and fold them; ``update`` folds them into one
+record so the list stays short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["make_record", "read_records"]
+
+
+def make_record(*tensors: Tensor) -> Tensor:
+    """One record holding ``tensors`` (any shapes; stored as float64), as the float32 vector a list state keeps."""
+    header: list[float] = [float(len(tensors))]
+    for tensor in tensors:
+        header += [float(tensor.ndim), *map(float, tensor.shape)]
+    device = tensors[0].device if tensors else None
+    values = [torch.tensor(header, dtype=torch.float64, device=device)]
+    values += [tensor.detach().reshape(-1).to(torch.float64) for tensor in tensors]
+    body = torch.cat(values)
+    record = torch.cat([torch.tensor([float(body.numel() + 1)], dtype=torch.float64, device=body.device), body])
+    return record.view(torch.float32)
+
+
+def read_records(state: Sequence[Tensor] | Tensor) -> list[tuple[Tensor, ...]]:
+    """The records of a list state (or of the tensor a sync made of it), in order, as tuples of float64 tensors."""
+    parts = [state] if isinstance(state, Tensor) else list(state)
+    parts = [part.reshape(-1) for part in parts if part.numel()]
+    if not parts:
+        return []
+    if any(part.dtype != torch.float32 for part in parts):
+        raise RuntimeError("A record state was converted from float32 (set_dtype?); its records cannot be read.")
+    flat = torch.cat(parts).view(torch.float64)
+    sizes = flat
+    records, start = [], 0
+    while start < flat.numel():
+        length = int(sizes[start])
+        count, cursor = int(sizes[start + 1]), start + 2
+        shapes = []
+        for _ in range(count):
+            ndim = int(sizes[cursor])
+            shapes.append(tuple(int(d) for d in sizes[cursor + 1 : cursor + 1 + ndim]))
+            cursor += 1 + ndim
+        tensors = []
+        for shape in shapes:
+            numel = 1
+            for d in shape:
+                numel *= d
+            tensors.append(flat[cursor : cursor + numel].reshape(shape))
+            cursor += numel
+        records.append(tuple(tensors))
+        start += length
+    return records

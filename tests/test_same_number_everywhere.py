@@ -1,0 +1,297 @@
+"""The same right number whatever the chunking, batch split, precision, autocast, compilation or RNG use.
+
+Each test here failed before the fix it guards (issue 9): the number moved or came back NaN/0 without an error.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+
+import numpy
+import pytest
+import torch
+from torch import nn
+
+from lightning_invariance import Probe
+from lightning_invariance.functional import invariance_deviation
+from lightning_invariance.groups import ContinuousRotation, CyclicRotation, SpatialAction
+from lightning_invariance.metrics import (
+    EquivarianceDeviation,
+    InvarianceDeviation,
+    LinearMapFit,
+    NormalizedVariance,
+    PredictionConsistency,
+)
+from references import reference_geed
+
+
+def _cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 6), nn.ReLU(), nn.Linear(6, 3)
+    )
+
+
+def _normalized(model: nn.Module, group, x: torch.Tensor, chunk_size: int | None, layers=("1", "output")) -> dict:
+    probe = Probe(model, group, list(layers), chunk_size=chunk_size)
+    metrics = {layer: InvarianceDeviation(len(group)) for layer in layers}
+    probe.update(x, metrics)
+    return {layer: metric.compute_summary() for layer, metric in metrics.items()}
+
+
+def _reference_pair_mean(rows: torch.Tensor, window: int) -> float:
+    """Mean euclidean distance over pairs of samples fewer than ``window`` apart, by plain loops in float64."""
+    flat = rows.double().flatten(1).tolist()
+    total, count = 0.0, 0
+    for j in range(len(flat)):
+        for i in range(max(0, j - window + 1), j):
+            total += 2 * math.sqrt(sum((a - b) ** 2 for a, b in zip(flat[i], flat[j], strict=True)))
+            count += 2
+    return total / count
+
+
+# -- 2. the normaliser does not depend on chunking or batching ------------------------------------------------
+
+
+def test_normalized_geed_does_not_depend_on_the_chunk_size() -> None:
+    model, x = _cnn(), torch.randn(300, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    results = {chunk: _normalized(model, CyclicRotation(4), x, chunk) for chunk in (8, 16, 64, 128, 512, 2048)}
+    expected = results[2048]
+    for layer in ("1", "output"):
+        for summary in results.values():
+            assert float(summary[layer]["geed"]) == pytest.approx(float(expected[layer]["geed"]), rel=1e-6)
+            assert float(summary[layer]["geed_normalized"]) == pytest.approx(
+                float(expected[layer]["geed_normalized"]), rel=1e-6
+            )
+    # and it is the pair mean of an independent loop over the output rows
+    with torch.no_grad():
+        output = model(x)
+    assert float(expected["output"]["pair_mean"]) == pytest.approx(_reference_pair_mean(output, 64), rel=1e-6)
+
+
+def test_normalized_geed_does_not_depend_on_how_the_data_is_split_into_updates() -> None:
+    orbit = torch.randn(4, 200, 7, generator=torch.Generator().manual_seed(1))
+    whole = InvarianceDeviation(4, normalize=True)
+    whole.update(orbit)
+    for cuts in ([1, 5, 64, 130], [63, 64, 65], list(range(0, 200, 7))):
+        split = InvarianceDeviation(4, normalize=True)
+        for start, stop in zip([0, *cuts], [*cuts, 200], strict=True):
+            split.update(orbit[:, start:stop])
+        assert float(split.compute()) == pytest.approx(float(whole.compute()), rel=1e-9)
+    assert float(whole.compute()) == pytest.approx(float(invariance_deviation(orbit, normalize=True)), rel=1e-12)
+
+
+def test_large_groups_are_normalised_on_cpu() -> None:
+    """|G| >= 65 left a single sample per chunk on CPU: the normaliser had no pair and logged NaN silently."""
+    model, x = _cnn(), torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    group = ContinuousRotation(num_elements=65)
+    summary = _normalized(model, group, x, None, layers=("output",))["output"]
+    assert math.isfinite(float(summary["geed_normalized"]))
+    assert float(summary["geed_normalized"]) == pytest.approx(
+        float(_normalized(model, group, x, 10_000, layers=("output",))["output"]["geed_normalized"]), rel=1e-6
+    )
+
+
+# -- 3. precision: float16/bfloat16 features, huge values, autocast --------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_low_precision_features_are_measured_in_float32_or_wider(dtype: torch.dtype, distance: str) -> None:
+    features = (torch.randn(4, 64, 512, generator=torch.Generator().manual_seed(3)) * 12).to(dtype)
+    for normalize in (False, True):
+        value = invariance_deviation(features, distance=distance, normalize=normalize)
+        expected = invariance_deviation(features.double(), distance=distance, normalize=normalize)
+        assert float(value) == pytest.approx(float(expected), rel=1e-5), (normalize, float(value))
+    assert float(invariance_deviation(features, normalize=True)) > 0.5  # it read 0.0 (perfectly invariant) before
+
+
+def test_raw_euclidean_beyond_the_float16_range_is_finite() -> None:
+    features = (torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(4)) * 8e3).half()
+    assert math.isfinite(float(invariance_deviation(features)))
+    assert float(invariance_deviation(features)) == pytest.approx(float(invariance_deviation(features.double())), 1e-5)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-25])
+def test_huge_and_tiny_float32_features_do_not_overflow(scale: float) -> None:
+    base = torch.randn(4, 10, 30, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    features = (base * scale).float()
+    for distance in ("euclidean", "cosine"):
+        value = invariance_deviation(features, distance=distance, normalize=True)
+        expected = invariance_deviation(base.float().double(), distance=distance, normalize=True)
+        assert float(value) == pytest.approx(float(expected), rel=1e-5), distance
+    assert float(invariance_deviation(features)) == pytest.approx(
+        reference_geed([features.double()], "euclidean", "centroid"), rel=1e-5
+    )
+
+
+def test_measuring_inside_autocast_computes_as_outside() -> None:
+    model, x = _cnn(), torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    captured = {}
+    probe = Probe(model, CyclicRotation(4), ["1", "output"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        probe.run(x, lambda name, features: captured.setdefault(name, []).append(features.clone()))
+        metrics = {layer: InvarianceDeviation(4, normalize=True) for layer in ("1", "output")}
+        probe.update(x, metrics)
+        inside = {layer: float(metric.compute()) for layer, metric in metrics.items()}
+    for layer, chunks in captured.items():
+        features = torch.cat(chunks, dim=1)
+        outside = InvarianceDeviation(4, normalize=True)
+        outside.update(features)
+        reference = float(invariance_deviation(features.double(), normalize=True))
+        assert inside[layer] == pytest.approx(float(outside.compute()), rel=1e-6)
+        assert inside[layer] == pytest.approx(reference, rel=1e-5)
+
+
+# -- 1. torch.compile ----------------------------------------------------------------------------------------
+
+
+def test_compiled_models_measure_as_eager() -> None:
+    model, x = _cnn(), torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    eager = _normalized(model, CyclicRotation(4), x, None, layers=("0", "output"))
+    compiled = torch.compile(model)
+    compiled(x)  # compiled before the probe's hooks exist
+    for layers in (("_orig_mod.0", "output"), ("0", "output")):
+        measured = _normalized(compiled, CyclicRotation(4), x, None, layers=layers)
+        for layer, eager_layer in zip(layers, ("0", "output"), strict=True):
+            assert float(measured[layer]["num_samples"]) == 16
+            assert float(measured[layer]["geed"]) == pytest.approx(float(eager[eager_layer]["geed"]), rel=1e-5)
+
+
+def test_a_compiled_submodule_measures_as_eager() -> None:
+    class Wrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = torch.compile(_cnn())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.backbone(x)
+
+    model, x = Wrapper(), torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(8))
+    model(x)
+    measured = _normalized(model, CyclicRotation(4), x, None, layers=("backbone.1",))
+    eager = _normalized(model.backbone._orig_mod, CyclicRotation(4), x, None, layers=("1",))
+    assert float(measured["backbone.1"]["geed"]) == pytest.approx(float(eager["1"]["geed"]), rel=1e-5)
+
+
+# -- 5. every global RNG is forked ------------------------------------------------------------------------
+
+
+def test_the_probe_leaves_python_and_numpy_random_streams_alone() -> None:
+    class Noisy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1) * (1 + random.random() + float(numpy.random.rand()) + float(torch.rand(())))
+
+    x = torch.randn(3, 4, 4)
+    random.seed(0)
+    numpy.random.seed(0)
+    torch.manual_seed(0)
+    states = random.getstate(), numpy.random.get_state()[1].copy(), torch.get_rng_state()
+    Probe(Noisy(), CyclicRotation(4)).run(x, lambda name, features: None)
+    assert random.getstate() == states[0]
+    assert numpy.array_equal(numpy.random.get_state()[1], states[1])
+    assert torch.equal(torch.get_rng_state(), states[2])
+
+
+# -- 6. edge cases: a clear error, or NaN with a warning ---------------------------------------------------
+
+
+def test_normalized_variance_of_one_sample_is_nan_with_a_warning() -> None:
+    metric = NormalizedVariance()
+    metric.update(torch.randn(4, 1, 3))
+    with pytest.warns(RuntimeWarning, match="two or more samples"):
+        assert math.isnan(float(metric.compute()))
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        InvarianceDeviation(4, distance="discrete"),
+        InvarianceDeviation(4, distance="kl"),
+        PredictionConsistency(4),
+        LinearMapFit(4),
+        NormalizedVariance(),
+    ],
+    ids=["discrete", "kl", "consistency", "linear_fit", "variance"],
+)
+def test_an_empty_batch_adds_nothing(metric) -> None:
+    batch = torch.randn(4, 5, 3)
+    metric.update(torch.randn(4, 0, 3))
+    metric.update(batch)
+    reference = metric.clone()
+    reference.reset()
+    reference.update(batch)
+    result, expected = metric.compute(), reference.compute()
+    torch.testing.assert_close(result, expected)
+
+
+def test_a_change_of_feature_width_between_updates_raises() -> None:
+    metric = InvarianceDeviation(4)
+    metric.update(torch.randn(4, 3, 8))
+    with pytest.raises(ValueError, match="one metric measures one layer"):
+        metric.update(torch.randn(4, 3, 9))
+
+
+def test_complex_features_are_compared_as_real_vectors() -> None:
+    features = torch.randn(3, 6, 5, dtype=torch.complex128, generator=torch.Generator().manual_seed(9))
+    as_real = torch.view_as_real(features).flatten(2)
+    for normalize in (False, True):
+        assert float(invariance_deviation(features, normalize=normalize)) == pytest.approx(
+            float(invariance_deviation(as_real, normalize=normalize)), rel=1e-12
+        )
+    rows = features[0]
+    pair_mean = sum(
+        float((rows[i] - rows[j]).abs().square().sum().sqrt()) for i in range(6) for j in range(6) if i != j
+    ) / 30
+    raw = invariance_deviation(features)
+    assert float(invariance_deviation(features, normalize=True)) == pytest.approx(float(raw) / pair_mean, rel=1e-9)
+
+
+@pytest.mark.parametrize("metric", [NormalizedVariance(), LinearMapFit(4)], ids=["variance", "linear_fit"])
+def test_nan_features_raise_instead_of_returning_nan(metric) -> None:
+    features = torch.randn(4, 5, 3)
+    features[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        metric.update(features)
+
+
+def test_prediction_consistency_accepts_the_nan_strategy_its_error_suggests() -> None:
+    scores = torch.randn(4, 5, 3)
+    scores[2, 1, 0] = float("nan")
+    with pytest.raises(ValueError, match="nan_strategy='skip'"):
+        PredictionConsistency(4).update(scores)
+    metric = PredictionConsistency(4, nan_strategy="skip")
+    with pytest.warns(UserWarning, match="Skipping 1 of 5"):
+        metric.update(scores)
+    assert float(metric.compute_summary()["num_samples"]) == 4
+
+
+def test_probe_shape_errors_report_the_batch_shape() -> None:
+    with pytest.raises(ValueError, match=r"\(7, 1, 8, 6\)"):
+        Probe(_cnn(), CyclicRotation(4)).run(torch.randn(7, 1, 8, 6), lambda name, features: None)
+
+
+@pytest.mark.parametrize("chunk_size", [True, 0, -3, 2.5])
+def test_probe_rejects_a_chunk_size_that_is_not_a_positive_int(chunk_size) -> None:
+    with pytest.raises(ValueError, match="chunk_size"):
+        Probe(_cnn(), CyclicRotation(4), chunk_size=chunk_size)
+
+
+def test_equivariance_has_no_reference_option() -> None:
+    with pytest.raises(ValueError, match="EquivarianceDeviation has no `reference`"):
+        EquivarianceDeviation(SpatialAction(CyclicRotation(4)), 4, reference="identity")
+
+
+def test_equivariance_takes_the_group_size_from_its_action_and_checks_it() -> None:
+    assert EquivarianceDeviation(SpatialAction(CyclicRotation(4))).num_elements == 4
+    with pytest.raises(ValueError, match="has 4 elements"):
+        EquivarianceDeviation(SpatialAction(CyclicRotation(4)), num_elements=3)
+
+
+def test_compute_before_any_update_warns() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert math.isnan(float(InvarianceDeviation(4).compute()))
+    assert any("no sample" in str(warning.message) for warning in caught)
