@@ -24,7 +24,7 @@ from lightning_invariance import (
     InvarianceDeviation,
     LieDerivative,
     LieProbe,
-    LinearEquivariance,
+    LinearMapFit,
     NormalizedVariance,
     Probe,
 )
@@ -56,11 +56,10 @@ def main() -> None:
 
     def all_orbit_measures() -> None:
         metrics = {layer: [InvarianceDeviation(4, normalize=True), NormalizedVariance()] for layer in LAYERS}
-        linear = {layer: LinearEquivariance(4) for layer in LAYERS}
+        fits = {layer: LinearMapFit(4) for layer in LAYERS}
         half = num_inputs // 2
-        probe.update(x[:half], {layer: [*metrics[layer], linear[layer]] for layer in LAYERS})
-        for metric in linear.values():
-            metric.fit()
+        probe.update(x[:half], {layer: [*metrics[layer], fits[layer]] for layer in LAYERS})
+        linear = {layer: fit.held_out_metric() for layer, fit in fits.items()}
         probe.update(x[half:], {layer: [*metrics[layer], linear[layer]] for layer in LAYERS})
 
     def plain_floor() -> None:

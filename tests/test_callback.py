@@ -1,6 +1,8 @@
 import math
+import random
 
 import lightning.pytorch as pl
+import numpy
 import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -174,9 +176,16 @@ def test_csv_logger_gets_the_same_names(tmp_path):
     assert "invariance/output/geed" in header and "invariance/output/geed_normalized" in header
 
 
-def _train_weights(tmp_path, callbacks, shuffle_val: bool) -> dict[str, torch.Tensor]:
+class PythonAndNumpyRandomClassifier(ImageClassifier):
+    """Draws from Python's and NumPy's global RNGs in every forward pass, measured ones included."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x * (1 + 0.01 * random.random() + 0.01 * float(numpy.random.rand())))
+
+
+def _train_weights(tmp_path, callbacks, shuffle_val: bool, model_class=ImageClassifier) -> dict[str, torch.Tensor]:
     pl.seed_everything(123, workers=True)
-    model = ImageClassifier(shuffle_val=shuffle_val)
+    model = model_class(shuffle_val=shuffle_val)
     _trainer(tmp_path, callbacks, max_epochs=3, logger=False).fit(model)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -204,6 +213,18 @@ def test_zero_observer_effect(tmp_path, group):
     with_monitor = _train_weights(tmp_path / "b", [monitor], shuffle_val=True)
     assert len(monitor.history) == 4
     assert without.keys() == with_monitor.keys()
+    for key, value in without.items():
+        assert torch.equal(value, with_monitor[key]), key
+
+
+def test_a_model_drawing_from_python_and_numpy_rngs_trains_the_same(tmp_path):
+    """The probe once forked torch's RNG only: such a model trained differently with the callback (issue 9)."""
+    without = _train_weights(tmp_path / "a", [], shuffle_val=False, model_class=PythonAndNumpyRandomClassifier)
+    monitor = InvarianceMonitor(GROUP, layers=["output"], measure_before_training=True, max_samples=20)
+    with_monitor = _train_weights(
+        tmp_path / "b", [monitor], shuffle_val=False, model_class=PythonAndNumpyRandomClassifier
+    )
+    assert len(monitor.history) == 4
     for key, value in without.items():
         assert torch.equal(value, with_monitor[key]), key
 

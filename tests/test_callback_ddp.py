@@ -27,15 +27,6 @@ def test_ddp_two_processes_log_the_single_process_values(tmp_path):
     for name in names:
         assert ddp[name] == pytest.approx(single[name], rel=1e-6, abs=1e-7), name
     measures = [name for name in single if name.startswith("measures/")]
-    assert len(measures) == 2 * (7 + 4)  # 7 scores and 4 per-class values, for two layers
-    for name in measures:
-        if "/linear_" not in name:
-            assert ddp[name] == pytest.approx(single[name], rel=1e-5, abs=1e-6), name
-    # the normalisers compare pairs within a batch, and DDP batches hold other samples: compare the two fitted-map
-    # scores through their ratio, raw fitted G-EED over raw invariance G-EED, which does not depend on it
-    for layer in ("net.features.2", "output"):
-        ratios = [
-            run[f"measures/{layer}/linear_equivariance"] / run[f"measures/{layer}/linear_invariance"]
-            for run in (single, ddp)
-        ]
-        assert ratios[1] == pytest.approx(ratios[0], rel=1e-5), layer
+    assert len(measures) == 2 * (8 + 8)  # 8 scores and 4 per-class values of 2 scores, for two layers
+    for name in measures:  # normalised and fitted-map scores included: the same 40 inputs, in the same order
+        assert ddp[name] == pytest.approx(single[name], rel=1e-5, abs=1e-6), name

@@ -26,7 +26,6 @@ from lightning_invariance.metrics import (
     EquivarianceDeviation,
     InvarianceDeviation,
     LieDerivative,
-    LinearEquivariance,
     LinearMapFit,
     NormalizedVariance,
 )

@@ -24,6 +24,7 @@ from lightning_invariance.metrics import (
     NormalizedVariance,
     PredictionConsistency,
 )
+
 from references import reference_geed
 
 
@@ -242,9 +243,9 @@ def test_complex_features_are_compared_as_real_vectors() -> None:
             float(invariance_deviation(as_real, normalize=normalize)), rel=1e-12
         )
     rows = features[0]
-    pair_mean = sum(
-        float((rows[i] - rows[j]).abs().square().sum().sqrt()) for i in range(6) for j in range(6) if i != j
-    ) / 30
+    pair_mean = (
+        sum(float((rows[i] - rows[j]).abs().square().sum().sqrt()) for i in range(6) for j in range(6) if i != j) / 30
+    )
     raw = invariance_deviation(features)
     assert float(invariance_deviation(features, normalize=True)) == pytest.approx(float(raw) / pair_mean, rel=1e-9)
 

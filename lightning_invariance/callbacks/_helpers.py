@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from torch import Tensor
 
 from lightning_invariance.callbacks._scores import LINEAR_SCORES
 from lightning_invariance.functional.lie import GENERATORS
@@ -17,23 +16,7 @@ __all__ = [
     "check_options",
     "check_positive",
     "has_matplotlib",
-    "split_batches",
 ]
-
-
-def split_batches(
-    batches: list[tuple[Tensor, Tensor | None]], count: int
-) -> tuple[list[tuple[Tensor, Tensor | None]], list[tuple[Tensor, Tensor | None]]]:
-    """The first ``count`` samples of a list of (inputs, labels) batches, and the rest."""
-    first, rest, seen = [], [], 0
-    for inputs, labels in batches:
-        take = min(max(count - seen, 0), len(inputs))
-        if take:
-            first.append((inputs[:take], None if labels is None else labels[:take]))
-        if take < len(inputs):
-            rest.append((inputs[take:], None if labels is None else labels[take:]))
-        seen += len(inputs)
-    return first, rest
 
 
 def check_measure_options(

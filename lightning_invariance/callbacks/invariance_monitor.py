@@ -24,9 +24,9 @@ from lightning_invariance.callbacks._helpers import (
     check_options,
     check_positive,
     has_matplotlib,
-    split_batches,
 )
 from lightning_invariance.callbacks._scores import LINEAR_SCORES, SCORES, LayerScores, ScoreOptions, metric_name
+from lightning_invariance.callbacks._shares import cache_size, my_share
 from lightning_invariance.callbacks._tensorboard import figure_of_per_element_scores, scalars_layout
 from lightning_invariance.functional.distances import DISTANCES, REFERENCES
 from lightning_invariance.groups.actions import RepresentationAction
@@ -52,9 +52,13 @@ class InvarianceMonitor(Callback):
     states and the dataloaders' order are left as they were (the inputs are copied from the batches Lightning
     already loaded).
 
-    With ``max_samples`` set, the first ``max_samples`` validation inputs of each dataloader (per process) are
-    copied the first time they are needed and re-used by every later measurement, so every epoch measures the same
-    inputs even if the loader shuffles. With ``max_samples=None`` every validation batch is measured as it comes.
+    With ``max_samples`` set, the first ``max_samples`` validation inputs of each dataloader are copied the first
+    time they are needed and re-used by every later measurement, so every epoch measures the same inputs even if the
+    loader shuffles. Under DDP they are the first ``max_samples`` in all, in the order one process would read them:
+    the processes' copies are gathered and shared out again, so the logged values equal a one-process run's. With
+    ``max_samples=None`` every validation batch is measured as it comes, by the process that loaded it (raw scores
+    still equal one process's; the normaliser then pairs each process's samples among themselves, a small
+    difference).
 
     Args:
         group: the transformations (e.g. ``CyclicRotation(4)``).
@@ -72,7 +76,7 @@ class InvarianceMonitor(Callback):
             example ``RegularAction(group)`` for e2cnn regular fields). Use one callback per action, with its own
             ``prefix``.
         every_n_epochs: measure on every n-th validation run of ``fit``.
-        max_samples: inputs measured per dataloader and process; ``None`` for all.
+        max_samples: inputs measured per dataloader, in all processes together; ``None`` for all.
         chunk_size: most inputs (transformed copies included) in one forward pass; ``None``: 128 on CPU, 2048 on
             accelerators.
         input_key: how to take the input out of a batch: ``None`` (a tensor batch, the first element of a tuple or
@@ -218,6 +222,7 @@ class InvarianceMonitor(Callback):
             self._lie_probe = LieProbe(pl_module, self.lie_generator, self.layers, equivariant, self.chunk_size)
         # inputs are cached per run: a later `validate(dataloaders=...)` must not measure fit's inputs
         self._cache, self._cache_complete, self._scores = {}, set(), {}
+        self._cache_size = 0 if self.max_samples is None else cache_size(self.max_samples, trainer.world_size)
         tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
         matplotlib_found = has_matplotlib()
         if self.log_figures and not (tensorboard and matplotlib_found):
@@ -272,7 +277,7 @@ class InvarianceMonitor(Callback):
         self._measuring_now = False
         if self.max_samples is not None:
             for index in self._selected_indices(trainer):
-                self._measure_cache(index)
+                self._measure_cache(trainer, index)
         values, per_element = self._compute(trainer)
         for name, value in values.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, add_dataloader_idx=False)
@@ -384,7 +389,7 @@ class InvarianceMonitor(Callback):
 
     def _add_to_cache(self, batch: tuple[Tensor, Tensor | None], dataloader_idx: int) -> None:
         cached = self._cache.setdefault(dataloader_idx, [])
-        room = self.max_samples - sum(len(x) for x, _ in cached)
+        room = self._cache_size - sum(len(x) for x, _ in cached)
         if room <= 0:
             return
         inputs, labels = batch
@@ -474,27 +479,39 @@ class InvarianceMonitor(Callback):
                     self._measure(*inputs, index)
                     continue
                 self._add_to_cache(inputs, index)
-                if sum(len(x) for x, _ in self._cache[index]) >= self.max_samples:
+                if sum(len(x) for x, _ in self._cache[index]) >= self._cache_size:
                     break
             if self.max_samples is not None:
-                self._measure_cache(index)
+                self._measure_cache(trainer, index)
 
-    def _measure_cache(self, index: int) -> None:
-        """Close dataloader ``index``'s input cache (it is not filled again) and measure every cached batch."""
+    def _measure_cache(self, trainer: pl.Trainer, index: int) -> None:
+        """Close dataloader ``index``'s input cache (it is not filled again) and measure this process's share of it.
+
+        Under DDP the processes' caches are gathered and dealt back as consecutive shares of the first
+        ``max_samples`` inputs in the order one process reads them (see ``callbacks/_shares.py``), so every score
+        equals the one-process value. The fitted linear maps: the first half of those inputs fits them, the second
+        half is held out.
+        """
         self._cache_complete.add(index)
-        cached = self._cache.get(index, [])
-        if not any(score in LINEAR_SCORES for score in self.scores):
-            for inputs, labels in cached:
-                self._measure(inputs, labels, index)
+        try:
+            share = my_share(self._cache.get(index, []), self.max_samples, _dataset_size(trainer, index))
+        except ValueError as error:
+            rank_zero_warn(f"InvarianceMonitor: dataloader {index} has nothing to measure ({error}).")
             return
-        # the fitted linear maps: the first half of the cached inputs fits them, the second half is held out
-        fit_part, held_out = split_batches(cached, sum(len(x) for x, _ in cached) // 2)
-        for inputs, labels in fit_part:
-            self._measure(inputs, labels, index)
-        for layer in self.layers:
-            self._scores[(index, layer)].fit_linear_maps()
-        for inputs, labels in held_out:
-            self._measure(inputs, labels, index)
+        fit_count = min(max(share.total // 2 - share.start, 0), share.inputs.shape[0])
+        linear = any(score in LINEAR_SCORES for score in self.scores)
+        parts = [(share.inputs, share.labels)]
+        if linear:
+            parts = [
+                (share.inputs[:fit_count], None if share.labels is None else share.labels[:fit_count]),
+                (share.inputs[fit_count:], None if share.labels is None else share.labels[fit_count:]),
+            ]
+        for number, (inputs, labels) in enumerate(parts):
+            if number == 1:
+                for layer in self.layers:
+                    self._scores[(index, layer)].fit_linear_maps()
+            if inputs.shape[0]:
+                self._measure(inputs, labels, index)
 
     def _write_tensorboard_extras(
         self, trainer: pl.Trainer, per_element: dict[tuple[int, str], dict[str, list[float]]]
@@ -540,3 +557,15 @@ class InvarianceMonitor(Callback):
             tag = metric_name(self.prefix, "figures", score, index, len(indices))
             for writer in writers:
                 writer.add_figure(tag, figure, global_step=trainer.global_step, close=False)
+
+
+def _dataset_size(trainer: pl.Trainer, index: int) -> int | None:
+    """The size of validation dataloader ``index``'s dataset (to drop a distributed sampler's padding), if known."""
+    loaders = trainer.val_dataloaders if trainer.state.fn == "fit" or trainer.validating else None
+    if loaders is None:
+        return None
+    loader = loaders[index] if isinstance(loaders, (list, tuple)) else loaders if index == 0 else None
+    try:
+        return len(loader.dataset)  # type: ignore[union-attr, arg-type]
+    except (AttributeError, TypeError):
+        return None

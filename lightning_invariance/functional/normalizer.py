@@ -47,9 +47,7 @@ def window_pair_sums(rows: Tensor, distance: str, window: int = DEFAULT_NORMALIZ
     return total, count
 
 
-def extend_segment(
-    segment: Segment | None, rows: Tensor, distance: str, window: int
-) -> tuple[Segment, Tensor, int]:
+def extend_segment(segment: Segment | None, rows: Tensor, distance: str, window: int) -> tuple[Segment, Tensor, int]:
     """Append ``rows`` to ``segment``: the longer segment, and the pair sum and count the new rows bring."""
     keep = window - 1
     if segment is None:

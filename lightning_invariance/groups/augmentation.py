@@ -53,4 +53,3 @@ class AugmentationFamily(Group):
 
     def __repr__(self) -> str:
         return f"AugmentationFamily({getattr(self.fn, '__name__', type(self.fn).__name__)}, num_elements={len(self)})"
-

@@ -20,6 +20,7 @@ from lightning_invariance.groups.base import Group
 from lightning_invariance.metrics._base import SummaryMetric
 from lightning_invariance.metrics._checks import check_labels, check_optional_positive, check_positive, warn_nan
 from lightning_invariance.metrics._normalizer import add_normalizer_states, normalizer_mean, update_normalizer
+from lightning_invariance.metrics._records import make_record, read_records
 
 __all__ = ["EquivarianceDeviation", "InvarianceDeviation"]
 
@@ -131,8 +132,8 @@ class _DeviationMetric(SummaryMetric):
             kept_labels = kept_labels.to(self.class_sum.device, torch.long)
             self.class_sum.index_add_(0, kept_labels, per_sample)
             self.class_count.index_add_(0, kept_labels, torch.ones_like(per_sample))
-        if self.keep_sample_deviations:  # float32, the dtype of TorchMetrics' placeholder for a process without data
-            self.sample_deviations.append(per_sample.to(torch.float32))
+        if self.keep_sample_deviations and per_sample.numel():  # records: float64 through any merge (_records.py)
+            self.sample_deviations.append(make_record(per_sample))
         if batch.valid_entries is not None:
             self.valid_entries.add_(batch.valid_entries.to(self.valid_entries.device) * distances.shape[1])
             self.entries.add_(batch.entries * distances.shape[1])
@@ -192,15 +193,16 @@ def _elements_of(action: RepresentationAction, num_elements: int | Group | None)
         except ValueError as error:
             raise ValueError(f"`action` does not fit the group: {error}") from error
     elif isinstance(action_group, Group) and len(action_group) != count:
-        raise ValueError(f"Expected `num_elements` to match {action!r}, which has {len(action_group)} elements, but got {count}.")
+        raise ValueError(
+            f"Expected `num_elements` to match {action!r}, which has {len(action_group)} elements, but got {count}."
+        )
     return count
 
 
-def _concatenated(values: list[Tensor] | Tensor, like: Tensor) -> Tensor:
-    """A list state as one tensor (after a DDP sync torchmetrics has already concatenated it)."""
-    if isinstance(values, Tensor):
-        return values
-    return torch.cat(values) if values else like.new_zeros(0)
+def _concatenated(records: list[Tensor] | Tensor, like: Tensor) -> Tensor:
+    """The per-sample deviations kept as records, in order, as one float64 tensor."""
+    values = [record[0] for record in read_records(records)]
+    return torch.cat(values).to(like.device) if values else like.new_zeros(0)
 
 
 class InvarianceDeviation(_DeviationMetric):

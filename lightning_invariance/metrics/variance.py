@@ -66,7 +66,9 @@ class NormalizedVariance(SummaryMetric):
         if definition not in DEFINITIONS:
             raise ValueError(f"Expected argument `definition` to be one of {DEFINITIONS} but got {definition!r}.")
         if nan_strategy not in ("error", "skip"):
-            raise ValueError(f"Expected argument `nan_strategy` to be one of ('error', 'skip') but got {nan_strategy!r}.")
+            raise ValueError(
+                f"Expected argument `nan_strategy` to be one of ('error', 'skip') but got {nan_strategy!r}."
+            )
         self.definition, self.nan_strategy = definition, nan_strategy
         self.add_state("statistics", [], dist_reduce_fx="cat")
         self.add_state("num_samples", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
