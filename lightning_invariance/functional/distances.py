@@ -19,6 +19,8 @@ __all__ = [
 ]
 
 DISTANCES = ("euclidean", "cosine", "kl", "discrete")
+#: Float32 norms below this may have lost squares to underflow; they are recomputed with float64 squares.
+_DOUBTFUL_NORM = 2.0**-60
 REFERENCES = ("centroid", "identity")
 
 
@@ -97,8 +99,9 @@ def per_sample_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
 
     cosine: ``1 - cos``; two zero vectors are at distance 0 and a zero and a non-zero vector at distance 1.
     kl: ``KL(p_a || p_b)`` from log-probabilities; terms where ``p_a = 0`` contribute 0.
-    Computed in the inputs' precision (float32 or wider, see :func:`to_distance_space`) with autocast off; each vector
-    is first scaled by a power of two (exactly) so that squares neither overflow nor underflow.
+    Computed with autocast off from inputs in float32 or wider (see :func:`to_distance_space`): a float32 euclidean
+    norm that overflowed or may have underflowed is recomputed with float64 squares, and cosine scales each vector
+    by a power of two (exactly) first, so that no square overflows or underflows.
     """
     if distance == "discrete":
         return (a != b).to(torch.float64)
@@ -127,9 +130,14 @@ def unit_rows(x: Tensor) -> Tensor:
 def _float_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
     if distance == "euclidean":
         difference = a - b
-        scale = power_of_two_scale(torch.linalg.vector_norm(difference, ord=math.inf, dim=-1, keepdim=True))
-        norm = torch.linalg.vector_norm(difference.mul_(scale), dim=-1)
-        return norm.to(torch.float64) / scale.squeeze(-1).to(torch.float64)
+        norm = torch.linalg.vector_norm(difference, dim=-1).to(torch.float64)
+        if difference.dtype != torch.float64:
+            # float32 squares overflow beyond ~1e19 and vanish below ~1e-19: such rows again with float64 squares
+            doubtful = ~torch.isfinite(norm) | (norm < _DOUBTFUL_NORM)
+            if bool(doubtful.any()):
+                again = torch.linalg.vector_norm(difference[doubtful], dim=-1, dtype=torch.float64)
+                norm = norm.masked_scatter(doubtful, again)
+        return norm
     if distance == "cosine":
         unit_a, unit_b = unit_rows(a), unit_rows(b)
         cos = (unit_a * unit_b).sum(-1).to(torch.float64)

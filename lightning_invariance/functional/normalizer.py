@@ -11,12 +11,15 @@ number of processes.
 
 Rows are the samples' representations in distance space (see
 :func:`~lightning_invariance.functional.distances.to_distance_space`): flattened features, log-probabilities or
-labels. Pair distances are computed in float64 from Gram matrices of blocks of ``window`` rows, whatever the
-features' dtype and any enclosing autocast.
+labels. Each row is prepared once (:class:`PreparedRows`: scaled by its own power of two, its squared norm taken),
+and pair distances come from Gram matrices of blocks of ``window`` rows, in float32 (float64 for float64 features
+and for ``kl``), with autocast off and the scales applied in float64, so no square overflows; sums are float64. A
+segment carries its tail's prepared form, so a stream prepares each row once.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -30,12 +33,86 @@ __all__ = ["DEFAULT_NORMALIZER_WINDOW", "Segment", "extend_segment", "join_segme
 DEFAULT_NORMALIZER_WINDOW = 64
 
 
+class PreparedRows:
+    """Rows in the form their pair distances are computed from, row by row (so they can be sliced and joined).
+
+    euclidean: each row scaled by its own power of two ``2^-e_i`` into ``[0.5, 1)`` (exact), its float64 squared
+    norm, and ``2^e_i``; cosine: unit rows and which rows are zero; kl: probabilities, floored log-probabilities and
+    ``sum p log p``; discrete: the labels.
+    """
+
+    def __init__(self, distance: str, parts: dict[str, Tensor]) -> None:
+        self.distance, self.parts = distance, parts
+
+    @classmethod
+    def of(cls, rows: Tensor, distance: str) -> PreparedRows:
+        """Prepare ``rows`` ``(n, ...)`` in distance space."""
+        if distance == "discrete":
+            return cls(distance, {"labels": rows.reshape(-1)})
+        with torch.autocast(rows.device.type, enabled=False):
+            rows = rows.flatten(1) if rows.ndim > 1 else rows.unsqueeze(1)
+            if distance == "kl":
+                log_probs = rows.to(torch.float64)
+                probs = log_probs.exp()
+                entropy = torch.where(probs > 0, probs * log_probs, 0.0).sum(-1)
+                floored = log_probs.clamp_min(torch.finfo(torch.float64).min)
+                return cls(distance, {"probs": probs, "floored": floored, "entropy": entropy})
+            rows = rows.to(torch.float64 if rows.dtype == torch.float64 else torch.float32)
+            if distance == "euclidean":
+                scale = power_of_two_scale(torch.linalg.vector_norm(rows, ord=math.inf, dim=-1, keepdim=True))
+                scaled = rows * scale
+                squares = (scaled * scaled).sum(-1).to(torch.float64)
+                return cls(distance, {"rows": scaled, "squares": squares, "unscale": 1.0 / scale.squeeze(-1).double()})
+            if distance == "cosine":
+                return cls(distance, {"rows": unit_rows(rows), "zero": (rows == 0).all(-1)})
+        raise ValueError(f"Expected argument `distance` to be one of {DISTANCES} but got {distance!r}.")
+
+    def __len__(self) -> int:
+        return next(iter(self.parts.values())).shape[0]
+
+    def __getitem__(self, rows: slice) -> PreparedRows:
+        return PreparedRows(self.distance, {name: part[rows] for name, part in self.parts.items()})
+
+    def cat(self, other: PreparedRows) -> PreparedRows:
+        """These rows followed by ``other``'s."""
+        return PreparedRows(
+            self.distance,
+            {
+                name: torch.cat([part.to(other.parts[name].device), other.parts[name]])
+                for name, part in self.parts.items()
+            },
+        )
+
+    def pair_matrix(self, other: PreparedRows) -> Tensor:
+        """``(len(self), len(other))`` float64 matrix of ``m(a_i, b_j) + m(b_j, a_i)``."""
+        a, b = self.parts, other.parts
+        if self.distance == "discrete":
+            return 2.0 * (a["labels"].unsqueeze(1) != b["labels"].unsqueeze(0)).to(torch.float64)
+        first = next(iter(a.values()))
+        with torch.autocast(first.device.type, enabled=False):
+            if self.distance == "kl":  # sum_c (p_ic - p_jc)(log p_ic - log p_jc), 0 log 0 = 0, KL = inf off-support
+                cross = a["probs"] @ b["floored"].T + (b["probs"] @ a["floored"].T).T
+                return (a["entropy"].unsqueeze(1) + b["entropy"].unsqueeze(0) - cross).clamp_min(0.0)
+            gram = (a["rows"] @ b["rows"].T).to(torch.float64)
+            if self.distance == "euclidean":  # |x_i - x_j|^2 from the scaled rows, the scales applied in float64
+                ua, ub = a["unscale"].unsqueeze(1), b["unscale"].unsqueeze(0)
+                squared = a["squares"].unsqueeze(1) * ua * ua + b["squares"].unsqueeze(0) * ub * ub
+                squared = squared - 2.0 * gram * ua * ub
+                return 2.0 * squared.clamp_min(0.0).sqrt()
+            both_zero = a["zero"].unsqueeze(1) & b["zero"].unsqueeze(0)
+            return 2.0 * torch.where(both_zero, 0.0, 1.0 - gram.clamp(-1.0, 1.0))
+
+
 class Segment(NamedTuple):
-    """A run of consecutive samples, as far as later pairs need it: its first and last ``window - 1`` rows."""
+    """A run of consecutive samples, as far as later pairs need it: its first and last ``window - 1`` rows.
+
+    ``prepared_tail`` caches the tail's :class:`PreparedRows` between updates (not part of any state).
+    """
 
     head: Tensor
     tail: Tensor
     size: int
+    prepared_tail: PreparedRows | None = None
 
 
 def window_pair_sums(rows: Tensor, distance: str, window: int = DEFAULT_NORMALIZER_WINDOW) -> tuple[Tensor, int]:
@@ -52,16 +129,21 @@ def extend_segment(segment: Segment | None, rows: Tensor, distance: str, window:
     keep = window - 1
     if segment is None:
         segment = Segment(rows[:0], rows[:0], 0)
-    total, count = _banded_sums(segment.tail, rows, distance, window, cross_only=False)
+    old = segment.prepared_tail or PreparedRows.of(segment.tail, distance)
+    new = PreparedRows.of(rows, distance)
+    total, count = _banded_sums(old, new, window, cross_only=False)
     head = segment.head if segment.size >= keep else _cat(segment.head, rows[: keep - segment.size])
-    tail = _cat(segment.tail[max(0, segment.tail.shape[0] + rows.shape[0] - keep) :], rows[-keep:])
-    return Segment(head, tail, segment.size + rows.shape[0]), total, count
+    drop = max(0, segment.tail.shape[0] + rows.shape[0] - keep)
+    tail = _cat(segment.tail[drop:], rows[-keep:])
+    prepared_tail = old[drop:].cat(new[-keep:])
+    return Segment(head, tail, segment.size + rows.shape[0], prepared_tail), total, count
 
 
 def join_segments(left: Segment, right: Segment, distance: str, window: int) -> tuple[Segment, Tensor, int]:
     """Join two consecutive segments: the joined one, and the sum and count of the pairs across the cut."""
     keep = window - 1
-    total, count = _banded_sums(left.tail, right.head, distance, window, cross_only=True)
+    old, new = PreparedRows.of(left.tail, distance), PreparedRows.of(right.head, distance)
+    total, count = _banded_sums(old, new, window, cross_only=True)
     head = left.head if left.size >= keep else _cat(left.head, right.head[: keep - left.size])
     tail = _cat(left.tail, right.tail)[-keep:]
     return Segment(head, tail, left.size + right.size), total, count
@@ -71,14 +153,15 @@ def _cat(first: Tensor, second: Tensor) -> Tensor:
     return torch.cat([first.to(second.device, second.dtype), second])
 
 
-def _banded_sums(old: Tensor, new: Tensor, distance: str, window: int, cross_only: bool) -> tuple[Tensor, int]:
+def _banded_sums(old: PreparedRows, new: PreparedRows, window: int, cross_only: bool) -> tuple[Tensor, int]:
     """Pairs ``(i, j)`` of ``[old; new]`` with ``j`` in ``new``, ``0 < j - i < window`` (``i`` in ``old`` if told).
 
-    Processed in blocks of ``window`` rows of ``new``, each against its partners only, so no temporary is larger
-    than about ``2 * window`` rows.
+    Processed in blocks of ``window`` rows of ``new``, each against its partners only (in ``old`` and ``new``), so no
+    matrix is larger than ``window x 2 window``.
     """
-    t, n = old.shape[0], new.shape[0]
-    total = torch.zeros((), dtype=torch.float64, device=new.device)
+    t, n = len(old), len(new)
+    first = next(iter(new.parts.values()))
+    total = torch.zeros((), dtype=torch.float64, device=first.device)
     count = 0
     for start in range(t, t + n, window):
         stop = min(start + window, t + n)
@@ -86,37 +169,16 @@ def _banded_sums(old: Tensor, new: Tensor, distance: str, window: int, cross_onl
         high = min(stop, t) if cross_only else stop
         if high <= low:
             continue
-        partners = _cat(old[low:t], new[max(0, low - t) : high - t]) if low < t else new[low - t : high - t]
-        block = _pair_matrix(new[start - t : stop - t], partners, distance)
-        j = torch.arange(start, stop, device=new.device).unsqueeze(1)
-        i = torch.arange(low, high, device=new.device).unsqueeze(0)
+        rows = new[start - t : stop - t]
+        blocks = []
+        if low < t:
+            blocks.append(rows.pair_matrix(old[low : min(high, t)]))
+        if high > t:
+            blocks.append(rows.pair_matrix(new[max(low, t) - t : high - t]))
+        block = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+        j = torch.arange(start, stop, device=first.device).unsqueeze(1)
+        i = torch.arange(low, high, device=first.device).unsqueeze(0)
         in_band = (i < j) & (j - i < window)
         total = total + torch.where(in_band, block, 0.0).sum()
         count += sum(max(0, min(jj, high) - max(low, jj - window + 1)) for jj in range(start, stop))
     return total, 2 * count
-
-
-def _pair_matrix(a: Tensor, b: Tensor, distance: str) -> Tensor:
-    """``(|a|, |b|)`` float64 matrix of ``m(a_i, b_j) + m(b_j, a_i)`` (rows in distance space)."""
-    if distance == "discrete":
-        return 2.0 * (a.reshape(-1, 1) != b.reshape(1, -1)).to(torch.float64)
-    with torch.autocast(a.device.type, enabled=False):
-        a, b = a.flatten(1).to(torch.float64), b.flatten(1).to(torch.float64)
-        if distance == "kl":  # sum_c (p_ic - p_jc)(log p_ic - log p_jc), with 0 log 0 = 0 and KL = inf off-support
-            pa, pb = a.exp(), b.exp()
-            floor = torch.finfo(torch.float64).min
-            ha = torch.where(pa > 0, pa * a, 0.0).sum(-1)
-            hb = torch.where(pb > 0, pb * b, 0.0).sum(-1)
-            cross = pa @ b.clamp_min(floor).T + (pb @ a.clamp_min(floor).T).T
-            return (ha.unsqueeze(1) + hb.unsqueeze(0) - cross).clamp_min(0.0)
-        if distance == "euclidean":
-            scale = power_of_two_scale(torch.cat([a.abs().amax(-1), b.abs().amax(-1)]).amax())
-            a, b = a * scale, b * scale
-            squared = (a * a).sum(-1).unsqueeze(1) + (b * b).sum(-1).unsqueeze(0) - 2.0 * (a @ b.T)
-            return 2.0 * squared.clamp_min(0.0).sqrt() / scale
-        if distance == "cosine":
-            unit_a, unit_b = unit_rows(a), unit_rows(b)
-            cosine = (unit_a @ unit_b.T).clamp(-1.0, 1.0)
-            zero_a, zero_b = (a == 0).all(-1).unsqueeze(1), (b == 0).all(-1).unsqueeze(0)
-            return 2.0 * torch.where(zero_a & zero_b, 0.0, 1.0 - cosine)
-    raise ValueError(f"Expected argument `distance` to be one of {DISTANCES} but got {distance!r}.")

@@ -31,11 +31,13 @@ def make_record(*tensors: Tensor) -> Tensor:
     header: list[float] = [float(len(tensors))]
     for tensor in tensors:
         header += [float(tensor.ndim), *map(float, tensor.shape)]
-    device = tensors[0].device if tensors else None
-    values = [torch.tensor(header, dtype=torch.float64, device=device)]
-    values += [tensor.detach().reshape(-1).to(torch.float64) for tensor in tensors]
-    body = torch.cat(values)
-    record = torch.cat([torch.tensor([float(body.numel() + 1)], dtype=torch.float64, device=body.device), body])
+    length = 1 + len(header) + sum(tensor.numel() for tensor in tensors)
+    record = torch.empty(length, dtype=torch.float64, device=tensors[0].device if tensors else None)
+    record[: 1 + len(header)] = torch.tensor([float(length), *header], dtype=torch.float64)
+    start = 1 + len(header)
+    for tensor in tensors:
+        record[start : start + tensor.numel()] = tensor.detach().reshape(-1)
+        start += tensor.numel()
     return record.view(torch.float32)
 
 

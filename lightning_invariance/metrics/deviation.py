@@ -19,13 +19,13 @@ from lightning_invariance.groups.actions import RepresentationAction
 from lightning_invariance.groups.base import Group
 from lightning_invariance.metrics._base import SummaryMetric
 from lightning_invariance.metrics._checks import check_labels, check_optional_positive, check_positive, warn_nan
-from lightning_invariance.metrics._normalizer import add_normalizer_states, normalizer_mean, update_normalizer
+from lightning_invariance.metrics._normalizer import WindowNormalizer
 from lightning_invariance.metrics._records import make_record, read_records
 
 __all__ = ["EquivarianceDeviation", "InvarianceDeviation"]
 
 
-class _DeviationMetric(SummaryMetric):
+class _DeviationMetric(SummaryMetric, WindowNormalizer):
     """Shared states and maths: float64 sums reduced by ``"sum"`` (the worst case by ``"max"``) and the normaliser."""
 
     higher_is_better = False
@@ -38,7 +38,6 @@ class _DeviationMetric(SummaryMetric):
     max_deviation: Tensor
     pair_sum: Tensor
     pair_count: Tensor
-    pair_boundaries: list[Tensor]
     num_skipped: Tensor
     class_sum: Tensor
     class_count: Tensor
@@ -87,7 +86,7 @@ class _DeviationMetric(SummaryMetric):
         self.add_state("sample_sq_sum", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self.add_state("max_deviation", torch.zeros((), dtype=f64), dist_reduce_fx="max")
         self.add_state("num_skipped", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
-        add_normalizer_states(self)
+        self._add_normalizer_states()
         if num_classes is not None:
             self.add_state("class_sum", torch.zeros(num_classes, dtype=f64), dist_reduce_fx="sum")
             self.add_state("class_count", torch.zeros(num_classes, dtype=f64), dist_reduce_fx="sum")
@@ -116,7 +115,7 @@ class _DeviationMetric(SummaryMetric):
             num_elements=self.num_elements,
             border_mask=self.border_mask,
         )
-        update_normalizer(self, batch.identity_rows, self.distance, self.normalizer_window)
+        self._update_normalizer(batch.identity_rows, self.distance, self.normalizer_window)
         # in-place updates: a plain `self.state += x` would go through nn.Module.__setattr__ on every batch
         distances = batch.distances.to(self.element_sum.device)
         self.element_sum.add_(distances.sum(dim=1))
@@ -143,7 +142,7 @@ class _DeviationMetric(SummaryMetric):
         n = self.num_samples
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=n.device)
         empty = float(n) == 0
-        pair_mean = normalizer_mean(self, self.distance, self.normalizer_window)
+        pair_mean = self._normalizer_mean(self.distance, self.normalizer_window)
         if warn and empty:
             warn_nan(f"{type(self).__name__} has seen no sample (or skipped every one): its value is NaN.")
         elif warn and self.normalize and bool(torch.isnan(pair_mean)):

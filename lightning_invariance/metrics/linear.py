@@ -18,7 +18,7 @@ from lightning_invariance.functional.normalizer import DEFAULT_NORMALIZER_WINDOW
 from lightning_invariance.groups.base import Group
 from lightning_invariance.metrics._base import SummaryMetric
 from lightning_invariance.metrics._checks import check_positive, warn_nan
-from lightning_invariance.metrics._normalizer import add_normalizer_states, normalizer_mean, update_normalizer
+from lightning_invariance.metrics._normalizer import WindowNormalizer
 from lightning_invariance.metrics._records import make_record, read_records
 
 __all__ = ["LinearEquivariance", "LinearMapFit"]
@@ -135,7 +135,7 @@ class LinearMapFit(SummaryMetric):
         return {"maps": fit_linear_maps(*sums, float(self.fit_samples), self.ridge), "fit_samples": self.fit_samples}
 
 
-class LinearEquivariance(SummaryMetric):
+class LinearEquivariance(SummaryMetric, WindowNormalizer):
     r"""Held-out G-EED of ``f(g.x)`` against fitted affine maps ``M_g f(x)``, next to the invariance G-EED.
 
     ``||f(g.x) - M_g [f(x); 1]||`` and, for comparison, ``||f(g.x) - f(x)||`` on the same pooled features. A low
@@ -168,7 +168,6 @@ class LinearEquivariance(SummaryMetric):
     num_samples: Tensor
     pair_sum: Tensor
     pair_count: Tensor
-    pair_boundaries: list[Tensor]
 
     def __init__(
         self,
@@ -194,7 +193,7 @@ class LinearEquivariance(SummaryMetric):
         self.add_state("linear_sum", torch.zeros(self.num_elements, dtype=f64), dist_reduce_fx="sum")
         self.add_state("invariance_sum", torch.zeros(self.num_elements, dtype=f64), dist_reduce_fx="sum")
         self.add_state("num_samples", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
-        add_normalizer_states(self)
+        self._add_normalizer_states()
 
     def update(self, orbit_features: Tensor) -> None:
         """Add a held-out batch of orbit features ``(|G|, N, ...)``."""
@@ -211,13 +210,13 @@ class LinearEquivariance(SummaryMetric):
         self.linear_sum.add_(linear.sum(dim=1))
         self.invariance_sum.add_(invariance.sum(dim=1))
         self.num_samples.add_(pooled.shape[1])
-        update_normalizer(self, pooled[0], "euclidean", self.normalizer_window)
+        self._update_normalizer(pooled[0], "euclidean", self.normalizer_window)
 
     def _summary(self, warn: bool) -> dict[str, Tensor]:
         n = self.num_samples
         if warn and float(n) == 0:
             warn_nan("LinearEquivariance has seen no held-out sample: its value is NaN.")
-        pair_mean = normalizer_mean(self, "euclidean", self.normalizer_window)
+        pair_mean = self._normalizer_mean("euclidean", self.normalizer_window)
         if warn and self.normalize and float(n) > 0 and bool(torch.isnan(pair_mean)):
             warn_nan("The normalised LinearEquivariance needs two or more held-out samples: its value is NaN.")
         linear, invariance = self.linear_sum / n, self.invariance_sum / n
