@@ -229,6 +229,24 @@ def test_a_model_drawing_from_python_and_numpy_rngs_trains_the_same(tmp_path):
         assert torch.equal(value, with_monitor[key]), key
 
 
+class LoudClassifier(ImageClassifier):
+    """Activations of a few hundred: their squares overflow float16 (65504)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x * 200)
+
+
+def test_half_precision_training_logs_finite_scores(tmp_path):
+    """Under precision="16-true" the layers' features are float16; measuring must not overflow (it logged NaN)."""
+    torch.manual_seed(0)
+    monitor = InvarianceMonitor(GROUP, layers=["net.features.0", "output"], max_samples=40)
+    _trainer(tmp_path, [monitor], max_epochs=1, logger=False, precision="16-true").fit(LoudClassifier())
+    values = monitor.history[-1]["values"]
+    assert len(values) == 4
+    for name, value in values.items():
+        assert math.isfinite(value) and value > 0, (name, value)
+
+
 def test_checkpoint_resume_continues_history_without_duplicates(tmp_path):
     torch.manual_seed(0)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)

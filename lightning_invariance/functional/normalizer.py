@@ -49,22 +49,21 @@ class PreparedRows:
         """Prepare ``rows`` ``(n, ...)`` in distance space."""
         if distance == "discrete":
             return cls(distance, {"labels": rows.reshape(-1)})
-        with torch.autocast(rows.device.type, enabled=False):
-            rows = rows.flatten(1) if rows.ndim > 1 else rows.unsqueeze(1)
-            if distance == "kl":
-                log_probs = rows.to(torch.float64)
-                probs = log_probs.exp()
-                entropy = torch.where(probs > 0, probs * log_probs, 0.0).sum(-1)
-                floored = log_probs.clamp_min(torch.finfo(torch.float64).min)
-                return cls(distance, {"probs": probs, "floored": floored, "entropy": entropy})
-            rows = rows.to(torch.float64 if rows.dtype == torch.float64 else torch.float32)
-            if distance == "euclidean":
-                scale = power_of_two_scale(torch.linalg.vector_norm(rows, ord=math.inf, dim=-1, keepdim=True))
-                scaled = rows * scale
-                squares = (scaled * scaled).sum(-1).to(torch.float64)
-                return cls(distance, {"rows": scaled, "squares": squares, "unscale": 1.0 / scale.squeeze(-1).double()})
-            if distance == "cosine":
-                return cls(distance, {"rows": unit_rows(rows), "zero": (rows == 0).all(-1)})
+        rows = rows.flatten(1) if rows.ndim > 1 else rows.unsqueeze(1)
+        if distance == "kl":
+            log_probs = rows.to(torch.float64)
+            probs = log_probs.exp()
+            entropy = torch.where(probs > 0, probs * log_probs, 0.0).sum(-1)
+            floored = log_probs.clamp_min(torch.finfo(torch.float64).min)
+            return cls(distance, {"probs": probs, "floored": floored, "entropy": entropy})
+        rows = rows.to(torch.float64 if rows.dtype == torch.float64 else torch.float32)
+        if distance == "euclidean":
+            scale = power_of_two_scale(torch.linalg.vector_norm(rows, ord=math.inf, dim=-1, keepdim=True))
+            scaled = rows * scale
+            squares = (scaled * scaled).sum(-1).to(torch.float64)
+            return cls(distance, {"rows": scaled, "squares": squares, "unscale": 1.0 / scale.squeeze(-1).double()})
+        if distance == "cosine":
+            return cls(distance, {"rows": unit_rows(rows), "zero": (rows == 0).all(-1)})
         raise ValueError(f"Expected argument `distance` to be one of {DISTANCES} but got {distance!r}.")
 
     def __len__(self) -> int:
@@ -88,19 +87,17 @@ class PreparedRows:
         a, b = self.parts, other.parts
         if self.distance == "discrete":
             return 2.0 * (a["labels"].unsqueeze(1) != b["labels"].unsqueeze(0)).to(torch.float64)
-        first = next(iter(a.values()))
-        with torch.autocast(first.device.type, enabled=False):
-            if self.distance == "kl":  # sum_c (p_ic - p_jc)(log p_ic - log p_jc), 0 log 0 = 0, KL = inf off-support
-                cross = a["probs"] @ b["floored"].T + (b["probs"] @ a["floored"].T).T
-                return (a["entropy"].unsqueeze(1) + b["entropy"].unsqueeze(0) - cross).clamp_min(0.0)
-            gram = (a["rows"] @ b["rows"].T).to(torch.float64)
-            if self.distance == "euclidean":  # |x_i - x_j|^2 from the scaled rows, the scales applied in float64
-                ua, ub = a["unscale"].unsqueeze(1), b["unscale"].unsqueeze(0)
-                squared = a["squares"].unsqueeze(1) * ua * ua + b["squares"].unsqueeze(0) * ub * ub
-                squared = squared - 2.0 * gram * ua * ub
-                return 2.0 * squared.clamp_min(0.0).sqrt()
-            both_zero = a["zero"].unsqueeze(1) & b["zero"].unsqueeze(0)
-            return 2.0 * torch.where(both_zero, 0.0, 1.0 - gram.clamp(-1.0, 1.0))
+        if self.distance == "kl":  # sum_c (p_ic - p_jc)(log p_ic - log p_jc), 0 log 0 = 0, KL = inf off-support
+            cross = a["probs"] @ b["floored"].T + (b["probs"] @ a["floored"].T).T
+            return (a["entropy"].unsqueeze(1) + b["entropy"].unsqueeze(0) - cross).clamp_min(0.0)
+        gram = (a["rows"] @ b["rows"].T).to(torch.float64)
+        if self.distance == "euclidean":  # |x_i - x_j|^2 from the scaled rows, the scales applied in float64
+            ua, ub = a["unscale"].unsqueeze(1), b["unscale"].unsqueeze(0)
+            squared = a["squares"].unsqueeze(1) * ua * ua + b["squares"].unsqueeze(0) * ub * ub
+            squared = squared - 2.0 * gram * ua * ub
+            return 2.0 * squared.clamp_min(0.0).sqrt()
+        both_zero = a["zero"].unsqueeze(1) & b["zero"].unsqueeze(0)
+        return 2.0 * torch.where(both_zero, 0.0, 1.0 - gram.clamp(-1.0, 1.0))
 
 
 class Segment(NamedTuple):
@@ -129,9 +126,10 @@ def extend_segment(segment: Segment | None, rows: Tensor, distance: str, window:
     keep = window - 1
     if segment is None:
         segment = Segment(rows[:0], rows[:0], 0)
-    old = segment.prepared_tail or PreparedRows.of(segment.tail, distance)
-    new = PreparedRows.of(rows, distance)
-    total, count = _banded_sums(old, new, window, cross_only=False)
+    with torch.autocast(rows.device.type, enabled=False):
+        old = segment.prepared_tail or PreparedRows.of(segment.tail, distance)
+        new = PreparedRows.of(rows, distance)
+        total, count = _banded_sums(old, new, window, cross_only=False)
     head = segment.head if segment.size >= keep else _cat(segment.head, rows[: keep - segment.size])
     drop = max(0, segment.tail.shape[0] + rows.shape[0] - keep)
     tail = _cat(segment.tail[drop:], rows[-keep:])
@@ -142,8 +140,9 @@ def extend_segment(segment: Segment | None, rows: Tensor, distance: str, window:
 def join_segments(left: Segment, right: Segment, distance: str, window: int) -> tuple[Segment, Tensor, int]:
     """Join two consecutive segments: the joined one, and the sum and count of the pairs across the cut."""
     keep = window - 1
-    old, new = PreparedRows.of(left.tail, distance), PreparedRows.of(right.head, distance)
-    total, count = _banded_sums(old, new, window, cross_only=True)
+    with torch.autocast(right.head.device.type, enabled=False):
+        old, new = PreparedRows.of(left.tail, distance), PreparedRows.of(right.head, distance)
+        total, count = _banded_sums(old, new, window, cross_only=True)
     head = left.head if left.size >= keep else _cat(left.head, right.head[: keep - left.size])
     tail = _cat(left.tail, right.tail)[-keep:]
     return Segment(head, tail, left.size + right.size), total, count
@@ -156,26 +155,21 @@ def _cat(first: Tensor, second: Tensor) -> Tensor:
 def _banded_sums(old: PreparedRows, new: PreparedRows, window: int, cross_only: bool) -> tuple[Tensor, int]:
     """Pairs ``(i, j)`` of ``[old; new]`` with ``j`` in ``new``, ``0 < j - i < window`` (``i`` in ``old`` if told).
 
-    Processed in blocks of ``window`` rows of ``new``, each against its partners only (in ``old`` and ``new``), so no
-    matrix is larger than ``window x 2 window``.
+    Processed in blocks of ``window`` rows of ``new``, each against its partners only, so no matrix is larger than
+    ``window x 2 window``.
     """
     t, n = len(old), len(new)
     first = next(iter(new.parts.values()))
     total = torch.zeros((), dtype=torch.float64, device=first.device)
     count = 0
+    both = old.cat(new) if t else new
     for start in range(t, t + n, window):
         stop = min(start + window, t + n)
         low = max(0, start - window + 1)
         high = min(stop, t) if cross_only else stop
         if high <= low:
             continue
-        rows = new[start - t : stop - t]
-        blocks = []
-        if low < t:
-            blocks.append(rows.pair_matrix(old[low : min(high, t)]))
-        if high > t:
-            blocks.append(rows.pair_matrix(new[max(low, t) - t : high - t]))
-        block = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+        block = both[start:stop].pair_matrix(both[low:high])
         j = torch.arange(start, stop, device=first.device).unsqueeze(1)
         i = torch.arange(low, high, device=first.device).unsqueeze(0)
         in_band = (i < j) & (j - i < window)
