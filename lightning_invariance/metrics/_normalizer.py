@@ -7,8 +7,9 @@ See :mod:`lightning_invariance.functional.normalizer` for the pairs. A metric ke
 pair distance is that of one process seeing every sample in order (processes holding consecutive shards, in rank
 order; ``merge_state(other)`` counts ``other``'s samples first).
 
-Between updates the segment stays decoded (``update`` neither decodes nor encodes rows); ``pair_boundaries`` is a
-property that encodes it the moment TorchMetrics reads the state (``forward``, a sync, ``state_dict``, pickling).
+Between updates the segment stays decoded (``update`` neither decodes nor encodes rows) and new rows wait in a short
+queue; ``pair_boundaries`` is a property that pairs the queue and encodes the segment the moment TorchMetrics reads
+the state (``forward``, a sync, ``state_dict``, pickling, ``reset``).
 """
 
 from __future__ import annotations
@@ -20,80 +21,112 @@ from torchmetrics import Metric
 from lightning_invariance.functional.normalizer import Segment, extend_segment, join_segments
 from lightning_invariance.metrics._records import make_record, read_records
 
-__all__ = ["WindowNormalizer"]
+__all__ = ["QUEUE_ROWS", "QUEUE_VALUES", "WindowNormalizer"]
+
+#: Rows are paired once this many are queued, or once they hold this many values.
+QUEUE_ROWS, QUEUE_VALUES = 256, 1 << 22
 
 
 class WindowNormalizer(Metric):
-    """Mixin of a metric with the window normaliser: call :meth:`_add_normalizer_states` in ``__init__``."""
+    """Mixin of a metric with the window normaliser: call :meth:`_add_normalizer_states` in ``__init__``.
+
+    New rows wait in a short queue (up to :data:`QUEUE_ROWS` rows or :data:`QUEUE_VALUES` values) and are paired
+    together, so a stream of small chunks pays the fixed cost of a pairing once per queue rather than once per chunk.
+    Queued rows travel in the record as rows not yet paired; reading the state never changes ``pair_sum``.
+    """
 
     pair_sum: Tensor
     pair_count: Tensor
 
     @property
     def pair_boundaries(self) -> list[Tensor] | Tensor:
-        """The state TorchMetrics sees: the live segment encoded as one record, or the records it was given."""
-        live = self.__dict__.get("_live_segment")
-        if live is not None:
-            size = torch.tensor(float(live.size), dtype=torch.float64, device=self.pair_sum.device)
-            self.__dict__["_boundary_records"] = [
-                make_record(live.head.to(self.pair_sum.device), live.tail.to(self.pair_sum.device), size)
-            ]
-            self.__dict__["_live_segment"] = None
+        """The state TorchMetrics sees: the live segment and its queue encoded as one record, or the given records."""
+        live, queue = self.__dict__.get("_live_segment"), self.__dict__.get("_queue")
+        if live is not None or queue:
+            device = self.pair_sum.device
+            if live is None:  # only queued rows: an empty segment of their shape
+                live = Segment(queue[0][:0], queue[0][:0], 0)
+            queued = torch.cat(queue) if queue else live.tail[:0]
+            size = torch.tensor(float(live.size), dtype=torch.float64, device=device)
+            record = make_record(live.head.to(device), live.tail.to(device), size, queued.to(device))
+            self.__dict__.update(_boundary_records=[record], _live_segment=None, _queue=[], _queue_rows=0)
         return self.__dict__.get("_boundary_records", [])
 
     @pair_boundaries.setter
     def pair_boundaries(self, records: list[Tensor] | Tensor) -> None:
-        self.__dict__["_boundary_records"] = records
-        self.__dict__["_live_segment"] = None
+        self.__dict__.update(_boundary_records=records, _live_segment=None, _queue=[], _queue_rows=0)
 
-    def _add_normalizer_states(self) -> None:
+    def _add_normalizer_states(self, distance: str, window: int) -> None:
+        self._pairing = (distance, window)
         self.add_state("pair_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("pair_count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("pair_boundaries", [], dist_reduce_fx="cat")
 
-    def _update_normalizer(self, rows: Tensor, distance: str, window: int) -> None:
-        """Pair the rows ``(n, ...)`` of one batch with each other and with the samples before them."""
+    def _update_normalizer(self, rows: Tensor) -> None:
+        """Queue the rows ``(n, ...)`` of one batch to be paired with each other and with the samples before them."""
         if rows.shape[0] == 0:
             return
-        segment = self.__dict__.get("_live_segment")
-        total, count = torch.zeros((), dtype=torch.float64, device=rows.device), 0
-        if segment is None:
-            segment, total, count = _fold(self.pair_boundaries, distance, window)
-        if segment is not None and segment.tail[0].shape != rows[0].shape:
+        if self.__dict__.get("_live_segment") is None and not self.__dict__.get("_queue"):
+            segment, total, count = _fold(self.__dict__.get("_boundary_records", []), *self._pairing)
+            self.pair_sum.add_(total.to(self.pair_sum.device))
+            self.pair_count.add_(float(count))
+            self.__dict__.update(_boundary_records=[], _live_segment=segment, _queue=[], _queue_rows=0)
+        queue, live = self.__dict__["_queue"], self.__dict__["_live_segment"]
+        expected = queue[0].shape[1:] if queue else live.tail.shape[1:] if live is not None else rows.shape[1:]
+        if rows.shape[1:] != expected:
             raise ValueError(
-                f"Expected representations of shape {tuple(segment.tail.shape[1:])} per sample as in earlier "
-                f"updates, but got {tuple(rows.shape[1:])}: one metric measures one layer; reset() it (or use "
-                "another metric) for a representation of another width."
+                f"Expected representations of shape {tuple(expected)} per sample as in earlier updates, but got "
+                f"{tuple(rows.shape[1:])}: one metric measures one layer; reset() it (or use another metric) for a "
+                "representation of another width."
             )
-        if segment is not None and segment.tail.device != rows.device:
-            segment = Segment(segment.head.to(rows.device), segment.tail.to(rows.device), segment.size)
-        segment, added, added_count = extend_segment(segment, rows, distance, window)
-        self.pair_sum.add_((total.to(added.device) + added).to(self.pair_sum.device))
-        self.pair_count.add_(float(count + added_count))
-        self.__dict__["_boundary_records"] = []
-        self.__dict__["_live_segment"] = segment
+        queue.append(rows.detach().clone())  # a view into features a later in-place op may change
+        self.__dict__["_queue_rows"] += rows.shape[0]
+        if self.__dict__["_queue_rows"] >= QUEUE_ROWS or self.__dict__["_queue_rows"] * rows[0].numel() >= QUEUE_VALUES:
+            segment, total, count = _settle(live, torch.cat(queue), *self._pairing)
+            self.pair_sum.add_(total.to(self.pair_sum.device))
+            self.pair_count.add_(float(count))
+            self.__dict__.update(_live_segment=segment, _queue=[], _queue_rows=0)
 
-    def _normalizer_mean(self, distance: str, window: int) -> Tensor:
-        """The mean distance between different inputs over every pair so far (NaN without pairs)."""
-        if self.__dict__.get("_live_segment") is not None:
-            total, count = torch.zeros((), dtype=torch.float64, device=self.pair_sum.device), 0
+    def _normalizer_mean(self) -> Tensor:
+        """The mean distance between different inputs over every pair so far (NaN without pairs); reads only."""
+        live, queue = self.__dict__.get("_live_segment"), self.__dict__.get("_queue")
+        if live is not None or queue:
+            _, total, count = _settle(live, torch.cat(queue) if queue else None, *self._pairing)
         else:
-            _, total, count = _fold(self.pair_boundaries, distance, window)
+            _, total, count = _fold(self.__dict__.get("_boundary_records", []), *self._pairing)
         pair_count = self.pair_count + count
         if float(pair_count) == 0:
             return torch.full((), float("nan"), dtype=torch.float64, device=self.pair_sum.device)
         return (self.pair_sum + total.to(self.pair_sum.device)) / pair_count
 
 
+def _settle(
+    segment: Segment | None, queued: Tensor | None, distance: str, window: int
+) -> tuple[Segment | None, Tensor, int]:
+    """Pair ``queued`` rows with each other and with ``segment``: the longer segment, the new pairs' sum and count."""
+    if queued is None or queued.shape[0] == 0:
+        device = segment.tail.device if segment is not None else None
+        return segment, torch.zeros((), dtype=torch.float64, device=device), 0
+    if segment is not None and segment.tail.device != queued.device:
+        segment = Segment(segment.head.to(queued.device), segment.tail.to(queued.device), segment.size)
+    return extend_segment(segment, queued, distance, window)
+
+
 def _fold(state: list[Tensor] | Tensor, distance: str, window: int) -> tuple[Segment | None, Tensor, int]:
-    """Join the segments of a record state in order: the joined segment, and the sum and count of new pairs."""
-    segments = [Segment(head, tail, int(size)) for head, tail, size in read_records(state)]
-    device = segments[0].head.device if segments else None
-    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
-    if not segments:
-        return None, total, 0
-    joined = segments[0]
-    for segment in segments[1:]:
+    """Join the segments of a record state in order, pairing their queued rows.
+
+    Returns the joined segment, and the sum and count of the pairs not yet in ``pair_sum``.
+    """
+    joined, total, count = None, torch.zeros((), dtype=torch.float64), 0
+    for head, tail, size, queued in read_records(state):
+        segment = Segment(head, tail, int(size)) if int(size) else None
+        segment, added, added_count = _settle(segment, queued, distance, window)
+        total, count = total.to(added.device) + added, count + added_count
+        if segment is None:
+            continue
+        if joined is None:
+            joined = segment
+            continue
         joined, added, added_count = join_segments(joined, segment, distance, window)
-        total, count = total + added, count + added_count
+        total, count = total + added.to(total.device), count + added_count
     return joined, total, count

@@ -86,7 +86,7 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
         self.add_state("sample_sq_sum", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self.add_state("max_deviation", torch.zeros((), dtype=f64), dist_reduce_fx="max")
         self.add_state("num_skipped", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
-        self._add_normalizer_states()
+        self._add_normalizer_states(distance, normalizer_window)
         if num_classes is not None:
             self.add_state("class_sum", torch.zeros(num_classes, dtype=f64), dist_reduce_fx="sum")
             self.add_state("class_count", torch.zeros(num_classes, dtype=f64), dist_reduce_fx="sum")
@@ -115,7 +115,7 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
             num_elements=self.num_elements,
             border_mask=self.border_mask,
         )
-        self._update_normalizer(batch.identity_rows, self.distance, self.normalizer_window)
+        self._update_normalizer(batch.identity_rows)
         # in-place updates: a plain `self.state += x` would go through nn.Module.__setattr__ on every batch
         distances = batch.distances.to(self.element_sum.device)
         self.element_sum.add_(distances.sum(dim=1))
@@ -142,7 +142,7 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
         n = self.num_samples
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=n.device)
         empty = float(n) == 0
-        pair_mean = self._normalizer_mean(self.distance, self.normalizer_window)
+        pair_mean = self._normalizer_mean()
         if warn and empty:
             warn_nan(f"{type(self).__name__} has seen no sample (or skipped every one): its value is NaN.")
         elif warn and self.normalize and bool(torch.isnan(pair_mean)):

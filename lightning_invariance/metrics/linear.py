@@ -193,7 +193,7 @@ class LinearEquivariance(SummaryMetric, WindowNormalizer):
         self.add_state("linear_sum", torch.zeros(self.num_elements, dtype=f64), dist_reduce_fx="sum")
         self.add_state("invariance_sum", torch.zeros(self.num_elements, dtype=f64), dist_reduce_fx="sum")
         self.add_state("num_samples", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
-        self._add_normalizer_states()
+        self._add_normalizer_states("euclidean", normalizer_window)
 
     def update(self, orbit_features: Tensor) -> None:
         """Add a held-out batch of orbit features ``(|G|, N, ...)``."""
@@ -210,13 +210,13 @@ class LinearEquivariance(SummaryMetric, WindowNormalizer):
         self.linear_sum.add_(linear.sum(dim=1))
         self.invariance_sum.add_(invariance.sum(dim=1))
         self.num_samples.add_(pooled.shape[1])
-        self._update_normalizer(pooled[0], "euclidean", self.normalizer_window)
+        self._update_normalizer(pooled[0])
 
     def _summary(self, warn: bool) -> dict[str, Tensor]:
         n = self.num_samples
         if warn and float(n) == 0:
             warn_nan("LinearEquivariance has seen no held-out sample: its value is NaN.")
-        pair_mean = self._normalizer_mean("euclidean", self.normalizer_window)
+        pair_mean = self._normalizer_mean()
         if warn and self.normalize and float(n) > 0 and bool(torch.isnan(pair_mean)):
             warn_nan("The normalised LinearEquivariance needs two or more held-out samples: its value is NaN.")
         linear, invariance = self.linear_sum / n, self.invariance_sum / n
