@@ -229,17 +229,24 @@ def _measuring(model: nn.Module, device: torch.device) -> Iterator[None]:
     """
     modes = [(module, module.training) for module in model.modules()]
     try:
-        with torch.no_grad(), fork_rng(cuda_indices(device)), _eager():
+        with torch.no_grad(), fork_rng(cuda_indices(device)), _eager(model):
             model.eval()
             yield
     finally:
         restore_modes(modes)
 
 
-def _eager() -> contextlib.AbstractContextManager[None]:
-    """Run ``torch.compile``-d code eagerly inside the block (a no-op on torch versions without compiler stances)."""
+def _eager(model: nn.Module) -> contextlib.AbstractContextManager[None]:
+    """Run ``torch.compile``-d code eagerly inside the block; without compiler stances (torch < 2.6), refuse."""
     set_stance = getattr(torch.compiler, "set_stance", None)
-    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+    if set_stance is not None:
+        return set_stance("force_eager")
+    if any(type(module).__name__ == "OptimizedModule" for module in model.modules()):
+        raise RuntimeError(
+            "Measuring a torch.compile-d model needs torch >= 2.6 (torch.compiler.set_stance), this is "
+            f"{torch.__version__}: measure the uncompiled module (`compiled._orig_mod`) instead."
+        )
+    return contextlib.nullcontext()
 
 
 def restore_modes(modes: Sequence[tuple[nn.Module, bool]]) -> None:

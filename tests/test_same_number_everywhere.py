@@ -128,18 +128,22 @@ def test_huge_and_tiny_float32_features_do_not_overflow(scale: float) -> None:
     )
 
 
-def test_measuring_inside_autocast_computes_as_outside() -> None:
-    model, x = _cnn(), torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_measuring_inside_autocast_computes_as_outside(device: str) -> None:
+    model, x = _cnn().to(device), torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(6)).to(device)
     captured = {}
     probe = Probe(model, CyclicRotation(4), ["1", "output"])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         probe.run(x, lambda name, features: captured.setdefault(name, []).append(features.clone()))
-        metrics = {layer: InvarianceDeviation(4, normalize=True) for layer in ("1", "output")}
+        metrics = {layer: InvarianceDeviation(4, normalize=True).to(device) for layer in ("1", "output")}
         probe.update(x, metrics)
         inside = {layer: float(metric.compute()) for layer, metric in metrics.items()}
     for layer, chunks in captured.items():
         features = torch.cat(chunks, dim=1)
-        outside = InvarianceDeviation(4, normalize=True)
+        outside = InvarianceDeviation(4, normalize=True).to(device)
         outside.update(features)
         reference = float(invariance_deviation(features.double(), normalize=True))
         assert inside[layer] == pytest.approx(float(outside.compute()), rel=1e-6)
