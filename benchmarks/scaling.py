@@ -69,7 +69,7 @@ def main() -> None:
     print(table(["N", "seconds", "us / input", "peak MiB", "time / linear"], rows))
 
     print()
-    print("Normaliser (each sample against the 63 before it, float64 Gram blocks), D = 2048 features; median of 5")
+    print("Normaliser (each sample against the 63 before it, float32 Gram blocks, float64 sums), D = 2048; median of 5")
     rows = []
     dim = 2048
     for batch in [16, 64, 256, 1024, 4096] if not args.quick else [16, 64]:
