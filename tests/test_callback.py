@@ -247,6 +247,20 @@ def test_half_precision_training_logs_finite_scores(tmp_path):
         assert math.isfinite(value) and value > 0, (name, value)
 
 
+def test_a_compiled_submodule_of_a_lightning_module_is_measured_as_eager(tmp_path):
+    """With torch.compile every inner layer measured NaN (issue 9); the layer keeps its uncompiled name."""
+    torch.manual_seed(0)
+    model = ImageClassifier()
+    model.net = torch.compile(model.net)
+    monitor = InvarianceMonitor(GROUP, layers=["net.features.2", "output"], max_samples=32)
+    _trainer(tmp_path, [monitor], max_epochs=1, logger=False).fit(model)
+    values = monitor.history[-1]["values"]
+    inputs = synthetic_images(48, seed=10).tensors[0][:32]
+    eager = InvarianceDeviation(len(GROUP))
+    Probe(model.net._orig_mod, GROUP, ["features.2"]).update(inputs, {"features.2": eager})
+    assert values["invariance/net.features.2/geed"] == pytest.approx(eager.compute().item(), rel=1e-5)
+
+
 def test_checkpoint_resume_continues_history_without_duplicates(tmp_path):
     torch.manual_seed(0)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
