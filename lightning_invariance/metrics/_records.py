@@ -18,12 +18,12 @@ record so the list stays short.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["make_record", "read_records"]
+__all__ = ["fold_records", "make_record", "read_records"]
 
 
 def make_record(*tensors: Tensor) -> Tensor:
@@ -70,3 +70,16 @@ def read_records(state: Sequence[Tensor] | Tensor) -> list[tuple[Tensor, ...]]:
         records.append(tuple(tensors))
         start += length
     return records
+
+
+def fold_records(
+    state: Sequence[Tensor] | Tensor, merge: Callable[[tuple[Tensor, ...], tuple[Tensor, ...]], tuple[Tensor, ...]]
+) -> tuple[Tensor, ...] | None:
+    """The records of a state merged left to right with ``merge(earlier, later)``; ``None`` when there are none."""
+    records = read_records(state)
+    if not records:
+        return None
+    folded = records[0]
+    for record in records[1:]:
+        folded = merge(folded, record)
+    return folded

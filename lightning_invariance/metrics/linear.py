@@ -19,7 +19,7 @@ from lightning_invariance.groups.base import Group
 from lightning_invariance.metrics._base import SummaryMetric
 from lightning_invariance.metrics._checks import check_positive, warn_nan
 from lightning_invariance.metrics._normalizer import WindowNormalizer
-from lightning_invariance.metrics._records import make_record, read_records
+from lightning_invariance.metrics._records import fold_records, make_record
 
 __all__ = ["LinearEquivariance", "LinearMapFit"]
 
@@ -117,14 +117,9 @@ class LinearMapFit(SummaryMetric):
             self.compute(), pool_size=self.pool_size, max_features=self.max_features, seed=self.seed, **kwargs
         ).to(self.fit_samples.device)
 
-    def _sums(self) -> tuple[Tensor, Tensor] | None:
-        records = read_records(self.sums)
-        if not records:
-            return None
-        xtx, xty = records[0]
-        for other_xtx, other_xty in records[1:]:
-            xtx, xty = xtx + other_xtx, xty + other_xty
-        return xtx, xty
+    def _sums(self) -> tuple[Tensor, ...] | None:
+        """``X^T X`` and ``X^T Y`` summed over the records."""
+        return fold_records(self.sums, lambda a, b: (a[0] + b[0], a[1] + b[1]))
 
     def _summary(self, warn: bool) -> dict[str, Tensor]:
         sums = self._sums()

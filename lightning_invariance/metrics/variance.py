@@ -10,7 +10,7 @@ from torch import Tensor
 from lightning_invariance.functional.variance import DEFINITIONS, _variance_compute, _variance_update, chan_merge
 from lightning_invariance.metrics._base import SummaryMetric
 from lightning_invariance.metrics._checks import warn_nan
-from lightning_invariance.metrics._records import make_record, read_records
+from lightning_invariance.metrics._records import fold_records, make_record
 
 __all__ = ["NormalizedVariance"]
 
@@ -96,20 +96,9 @@ class NormalizedVariance(SummaryMetric):
         self.statistics = [make_record(spread_sum.to(device), columns.to(device))]
         self.num_samples.add_(num_samples)
 
-    def _folded(self) -> tuple[Tensor, Tensor] | None:
+    def _folded(self) -> tuple[Tensor, ...] | None:
         """The records merged in order: the summed orbit spreads and the Chan-merged column statistics."""
-        records = read_records(self.statistics)
-        if not records:
-            return None
-        spread_sum, columns = records[0]
-        for other_spread, other_columns in records[1:]:
-            if other_columns.shape != columns.shape:
-                raise ValueError(
-                    f"Cannot merge NormalizedVariance states of {columns.shape[2]} and {other_columns.shape[2]} units "
-                    "(another layer?)."
-                )
-            spread_sum, columns = spread_sum + other_spread, chan_merge(columns, other_columns)
-        return spread_sum, columns
+        return fold_records(self.statistics, _merge_statistics)
 
     def _summary(self, warn: bool) -> dict[str, Tensor]:
         folded = self._folded()
@@ -133,6 +122,15 @@ class NormalizedVariance(SummaryMetric):
         summary = _variance_compute(folded[0], self.num_samples, folded[1], self.definition)
         summary["num_samples"] = self.num_samples.clone()
         return summary
+
+
+def _merge_statistics(earlier: tuple[Tensor, ...], later: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    if later[1].shape != earlier[1].shape:
+        raise ValueError(
+            f"Cannot merge NormalizedVariance states of {earlier[1].shape[2]} and {later[1].shape[2]} units "
+            "(another layer?)."
+        )
+    return earlier[0] + later[0], chan_merge(earlier[1], later[1])
 
 
 def _finite_samples(orbit_features: Tensor, nan_strategy: str) -> tuple[Tensor, int]:
