@@ -56,11 +56,15 @@ class DeviationBatch(NamedTuple):
     entries: int = 0
 
 
-def _drop_non_finite(orbit_features: Tensor, nan_strategy: str) -> tuple[Tensor, int, Tensor | None]:
+def drop_non_finite(orbit_features: Tensor, nan_strategy: str) -> tuple[Tensor, int, Tensor | None]:
+    """The samples whose whole orbit is finite, how many were left out, and which were kept (``None``: all).
+
+    ``nan_strategy="error"`` raises instead of leaving samples out; ``"skip"`` warns.
+    """
     if not (orbit_features.is_floating_point() or orbit_features.is_complex()):
         return orbit_features, 0, None
-    finite = torch.isfinite(orbit_features).reshape(orbit_features.shape[0], orbit_features.shape[1], -1)
-    keep = finite.all(dim=2).all(dim=0)
+    finite = torch.isfinite(orbit_features)
+    keep = (finite.flatten(2).all(dim=2) if finite.ndim > 2 else finite).all(dim=0)
     num_bad = int((~keep).sum())
     if num_bad == 0:
         return orbit_features, 0, None
@@ -108,11 +112,11 @@ def _deviation_update(
             return DeviationBatch(empty, empty[0], 0, None)
         orbit, num_skipped, kept = orbit_features, 0, None
         if distance in ("kl", "discrete"):  # class scores are small, and argmax or a probability check hides NaN
-            orbit, num_skipped, kept = _drop_non_finite(orbit, nan_strategy)
+            orbit, num_skipped, kept = drop_non_finite(orbit, nan_strategy)
         distances, space = _distances(orbit, distance, reference, apply_softmax, action, masks)
         if distance not in ("kl", "discrete") and not bool(torch.isfinite(distances).all()):
             # only now look at every feature value: a NaN or inf feature makes its sample's distances non-finite
-            orbit, num_skipped, kept = _drop_non_finite(orbit, nan_strategy)
+            orbit, num_skipped, kept = drop_non_finite(orbit, nan_strategy)
             if num_skipped:
                 distances, space = _distances(orbit, distance, reference, apply_softmax, action, masks)
         identity_rows = space[0] if masks is None else space[0] * masks.prod(dim=0)

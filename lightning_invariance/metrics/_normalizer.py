@@ -79,13 +79,16 @@ class WindowNormalizer(Metric):
                 f"{tuple(rows.shape[1:])}: one metric measures one layer; reset() it (or use another metric) for a "
                 "representation of another width."
             )
-        queue.append(rows.detach().clone())  # a view into features a later in-place op may change
-        self.__dict__["_queue_rows"] += rows.shape[0]
-        if self.__dict__["_queue_rows"] >= QUEUE_ROWS or self.__dict__["_queue_rows"] * rows[0].numel() >= QUEUE_VALUES:
-            segment, total, count = _settle(live, torch.cat(queue), *self._pairing)
-            self.pair_sum.add_(total.to(self.pair_sum.device))
-            self.pair_count.add_(float(count))
-            self.__dict__.update(_live_segment=segment, _queue=[], _queue_rows=0)
+        queued_rows = self.__dict__["_queue_rows"] + rows.shape[0]
+        if queued_rows < QUEUE_ROWS and queued_rows * rows[0].numel() < QUEUE_VALUES:
+            queue.append(rows.detach().clone())  # a view into features a later in-place op may change
+            self.__dict__["_queue_rows"] = queued_rows
+            return
+        pending = torch.cat([*queue, rows.detach()]) if queue else rows.detach()  # paired now: no copy to keep
+        segment, total, count = _settle(live, pending, *self._pairing)
+        self.pair_sum.add_(total.to(self.pair_sum.device))
+        self.pair_count.add_(float(count))
+        self.__dict__.update(_live_segment=segment, _queue=[], _queue_rows=0)
 
     def _normalizer_mean(self) -> Tensor:
         """The mean distance between different inputs over every pair so far (NaN without pairs); reads only."""

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_invariance.functional.deviation import drop_non_finite
 from lightning_invariance.functional.variance import DEFINITIONS, _variance_compute, _variance_update, chan_merge
 from lightning_invariance.metrics._base import SummaryMetric
 from lightning_invariance.metrics._checks import warn_nan
@@ -76,22 +77,19 @@ class NormalizedVariance(SummaryMetric):
 
     def update(self, orbit_features: Tensor) -> None:
         """Add a batch of orbit features ``(|G|, N, ...)``."""
-        orbit_features, skipped = _finite_samples(orbit_features, self.nan_strategy)
+        if not isinstance(orbit_features, Tensor) or orbit_features.ndim < 2:
+            shape = tuple(orbit_features.shape) if isinstance(orbit_features, Tensor) else type(orbit_features).__name__
+            raise ValueError(f"Expected `orbit_features` of shape (|G|, N, ...), but got {shape}.")
+        orbit_features, skipped, _ = drop_non_finite(orbit_features, self.nan_strategy)
         self.num_skipped.add_(skipped)
         if orbit_features.shape[1] == 0:
             return
         spread_sum, num_samples, columns = _variance_update(orbit_features, self.definition)
         folded = self._folded()
         if folded is not None:
-            previous_spread, previous_columns = folded
-            if previous_columns.shape != columns.shape:
-                raise ValueError(
-                    f"Expected orbit features with {previous_columns.shape[1]} group elements and "
-                    f"{previous_columns.shape[2]} units as in earlier updates, but got {columns.shape[1]} elements and "
-                    f"{columns.shape[2]} units (from shape {tuple(orbit_features.shape)})."
-                )
-            spread_sum = previous_spread.to(spread_sum.device) + spread_sum
-            columns = chan_merge(previous_columns.to(columns.device), columns)
+            spread_sum, columns = _merge_statistics(
+                folded, (spread_sum.to(folded[0].device), columns.to(folded[1].device))
+            )
         device = self.num_samples.device
         self.statistics = [make_record(spread_sum.to(device), columns.to(device))]
         self.num_samples.add_(num_samples)
@@ -125,31 +123,11 @@ class NormalizedVariance(SummaryMetric):
 
 
 def _merge_statistics(earlier: tuple[Tensor, ...], later: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    """Summed orbit spreads and Chan-merged column statistics of two consecutive parts of the data."""
     if later[1].shape != earlier[1].shape:
         raise ValueError(
-            f"Cannot merge NormalizedVariance states of {earlier[1].shape[2]} and {later[1].shape[2]} units "
-            "(another layer?)."
+            f"Expected orbit features with {earlier[1].shape[1]} group elements and {earlier[1].shape[2]} units as in "
+            f"earlier updates, but got {later[1].shape[1]} elements and {later[1].shape[2]} units: one metric measures "
+            "one layer (another layer's states cannot be merged either)."
         )
     return earlier[0] + later[0], chan_merge(earlier[1], later[1])
-
-
-def _finite_samples(orbit_features: Tensor, nan_strategy: str) -> tuple[Tensor, int]:
-    """The samples whose whole orbit is finite, and how many were left out (``"error"`` raises instead)."""
-    if not isinstance(orbit_features, Tensor) or orbit_features.ndim < 2:
-        shape = tuple(orbit_features.shape) if isinstance(orbit_features, Tensor) else type(orbit_features).__name__
-        raise ValueError(f"Expected `orbit_features` of shape (|G|, N, ...), but got {shape}.")
-    if not (orbit_features.is_floating_point() or orbit_features.is_complex()):
-        return orbit_features, 0
-    keep = torch.isfinite(orbit_features).flatten(2).all(dim=2).all(dim=0) if orbit_features.ndim > 2 else None
-    if keep is None:
-        keep = torch.isfinite(orbit_features).all(dim=0)
-    num_bad = int((~keep).sum())
-    if num_bad == 0:
-        return orbit_features, 0
-    if nan_strategy == "error":
-        raise ValueError(
-            f"`orbit_features` holds NaN or infinite values for {num_bad} of {keep.numel()} samples: the variances "
-            "would be NaN. Fix the model or inputs, or pass nan_strategy='skip' to leave those samples out."
-        )
-    warn_nan(f"Skipping {num_bad} of {keep.numel()} samples whose features are NaN or infinite.")
-    return orbit_features[:, keep], num_bad
