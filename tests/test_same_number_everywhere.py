@@ -295,6 +295,11 @@ def test_equivariance_takes_the_group_size_from_its_action_and_checks_it() -> No
         EquivarianceDeviation(SpatialAction(CyclicRotation(4)), num_elements=3)
 
 
+def test_the_functional_form_of_an_empty_batch_is_nan_with_a_warning() -> None:
+    with pytest.warns(UserWarning, match="no sample"):
+        assert math.isnan(float(invariance_deviation(torch.randn(4, 0, 3))))
+
+
 def test_compute_before_any_update_warns() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -208,6 +208,7 @@ def _deviation_compute(
 ) -> Tensor:
     """G-EED from the sums: mean distance over samples and elements, optionally over the mean pair distance."""
     if float(num_samples) == 0:
+        warnings.warn("The G-EED of no sample (an empty batch, or every sample skipped) is NaN.", stacklevel=3)
         return torch.tensor(float("nan"), dtype=torch.float64, device=element_sum.device)
     geed = element_sum.sum() / (num_samples * element_sum.numel())
     if not normalize:
