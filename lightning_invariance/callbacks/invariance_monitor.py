@@ -398,6 +398,8 @@ class InvarianceMonitor(Callback):
 
     def _measure(self, inputs: Tensor, labels: Tensor | None, dataloader_idx: int) -> None:
         assert self._probe is not None
+        if inputs.shape[0] == 0:  # this process's share of the cached inputs can be empty under DDP
+            return
         metrics = {layer: self._scores[(dataloader_idx, layer)] for layer in self.layers}
         offsets = dict.fromkeys(self.layers, 0)
 
@@ -498,20 +500,14 @@ class InvarianceMonitor(Callback):
         except ValueError as error:
             rank_zero_warn(f"InvarianceMonitor: dataloader {index} has nothing to measure ({error}).")
             return
-        fit_count = min(max(share.total // 2 - share.start, 0), share.inputs.shape[0])
-        linear = any(score in LINEAR_SCORES for score in self.scores)
-        parts = [(share.inputs, share.labels)]
-        if linear:
-            parts = [
-                (share.inputs[:fit_count], None if share.labels is None else share.labels[:fit_count]),
-                (share.inputs[fit_count:], None if share.labels is None else share.labels[fit_count:]),
-            ]
-        for number, (inputs, labels) in enumerate(parts):
-            if number == 1:
-                for layer in self.layers:
-                    self._scores[(index, layer)].fit_linear_maps()
-            if inputs.shape[0]:
-                self._measure(inputs, labels, index)
+        if not any(score in LINEAR_SCORES for score in self.scores):
+            self._measure(share.inputs, share.labels, index)
+            return
+        fit_count = min(max(share.total // 2 - share.start, 0), share.inputs.shape[0])  # in this process's share
+        self._measure(share.inputs[:fit_count], None if share.labels is None else share.labels[:fit_count], index)
+        for layer in self.layers:
+            self._scores[(index, layer)].fit_linear_maps()
+        self._measure(share.inputs[fit_count:], None if share.labels is None else share.labels[fit_count:], index)
 
     def _write_tensorboard_extras(
         self, trainer: pl.Trainer, per_element: dict[tuple[int, str], dict[str, list[float]]]
