@@ -20,13 +20,23 @@ def make_input_getter(input_key: str | int | Callable[[Any], Tensor] | None = No
     Each getter raises ``TypeError``/``KeyError`` naming what it found when the batch does not fit.
     """
     if callable(input_key):
-        return _checked(input_key, "the `input_key` callable")
+        return _CheckedCallable(input_key, "the `input_key` callable")
     if input_key is not None and not isinstance(input_key, (str, int)):
         raise TypeError(
             f"Expected `input_key` to be None, an int, a str or a callable, got {type(input_key).__name__}."
         )
+    return _InputGetter(input_key)
 
-    def get(batch: Any) -> Tensor:
+
+class _InputGetter:
+    """``batch -> input tensor`` for an index, a dict key or the defaults; a class, so a callback holding it pickles
+    (``ddp_spawn`` sends callbacks to its processes)."""
+
+    def __init__(self, input_key: str | int | None) -> None:
+        self.input_key = input_key
+
+    def __call__(self, batch: Any) -> Tensor:
+        input_key = self.input_key
         if input_key is None:
             if isinstance(batch, Tensor):
                 return batch
@@ -56,8 +66,6 @@ def make_input_getter(input_key: str | int | Callable[[Any], Tensor] | None = No
             raise TypeError(f"input_key={input_key} needs a tuple/list batch with that index; got {found}.")
         return _require_tensor(batch[input_key], f"element {input_key} of the batch")
 
-    return get
-
 
 def make_target_getter(target_key: str | int | Callable[[Any], Tensor] | None = None) -> InputGetter:
     """Build ``batch -> labels``, like :func:`make_input_getter`.
@@ -67,21 +75,21 @@ def make_target_getter(target_key: str | int | Callable[[Any], Tensor] | None = 
     """
     if target_key is not None:
         return make_input_getter(target_key)
+    return _default_target
 
-    def get(batch: Any) -> Tensor:
-        if isinstance(batch, (tuple, list)) and len(batch) > 1:
-            return _require_tensor(batch[1], "element 1 of the batch (the labels)")
-        if isinstance(batch, Mapping):
-            for key in ("target", "y", "label", "labels"):
-                if key in batch:
-                    return _require_tensor(batch[key], f"batch[{key!r}]")
-        found = sorted(map(str, batch)) if isinstance(batch, Mapping) else type(batch).__name__
-        raise KeyError(
-            f"Cannot find the labels in the batch ({found}): pass `target_key` (an index, a dict key, or a callable "
-            "batch -> labels)."
-        )
 
-    return get
+def _default_target(batch: Any) -> Tensor:
+    if isinstance(batch, (tuple, list)) and len(batch) > 1:
+        return _require_tensor(batch[1], "element 1 of the batch (the labels)")
+    if isinstance(batch, Mapping):
+        for key in ("target", "y", "label", "labels"):
+            if key in batch:
+                return _require_tensor(batch[key], f"batch[{key!r}]")
+    found = sorted(map(str, batch)) if isinstance(batch, Mapping) else type(batch).__name__
+    raise KeyError(
+        f"Cannot find the labels in the batch ({found}): pass `target_key` (an index, a dict key, or a callable "
+        "batch -> labels)."
+    )
 
 
 def _require_tensor(value: Any, where: str) -> Tensor:
@@ -93,8 +101,11 @@ def _require_tensor(value: Any, where: str) -> Tensor:
     return value
 
 
-def _checked(fn: Callable[[Any], Tensor], where: str) -> InputGetter:
-    def get(batch: Any) -> Tensor:
-        return _require_tensor(fn(batch), f"the value returned by {where}")
+class _CheckedCallable:
+    """A user's ``batch -> tensor`` callable whose result is checked to be a tensor (picklable if the callable is)."""
 
-    return get
+    def __init__(self, fn: Callable[[Any], Tensor], where: str) -> None:
+        self.fn, self.where = fn, where
+
+    def __call__(self, batch: Any) -> Tensor:
+        return _require_tensor(self.fn(batch), f"the value returned by {self.where}")

@@ -100,7 +100,7 @@ def test_every_new_score_is_logged_and_equals_the_standalone_metrics(tmp_path):
             assert logged[-1].value == pytest.approx(value, rel=1e-4, abs=1e-6), (layer, score)
         for c in range(4):
             assert f"invariance/{layer}/geed_normalized/class_{c}" in tags["scalars"]
-        histograms = accumulator.Histograms(f"invariance/{layer}/sample_deviations")
+        histograms = accumulator.Histograms(f"invariance_histograms/{layer}/sample_deviations_normalized")
         assert len(histograms) == 2 and histograms[-1].histogram_value.num == 40
     last = monitor.history[-1]["values"]
     assert last["invariance/output/dead_units"] == 0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from torchmetrics.aggregation import SumMetric
 
 from lightning_invariance.groups.actions import RepresentationAction
 from lightning_invariance.metrics import (
@@ -20,7 +23,7 @@ from lightning_invariance.metrics import (
 )
 from lightning_invariance.probe import OUTPUT
 
-__all__ = ["DEVIATION_SCORES", "SCORES", "LayerScores", "ScoreOptions", "metric_name"]
+__all__ = ["DEVIATION_SCORES", "NON_FINITE", "SCORES", "LayerScores", "ScoreOptions", "logged_keys"]
 
 #: Scores read off the deviation metric's summary.
 DEVIATION_SCORES = ("geed", "geed_normalized", "stderr", "max")
@@ -35,12 +38,16 @@ VARIANCE_SCORES = {
 LINEAR_SCORES = {"linear_equivariance": "linear_geed_normalized", "linear_invariance": "invariance_geed_normalized"}
 #: Every score the callback can log; ``consistency`` applies to the model output only.
 SCORES = (*DEVIATION_SCORES, "consistency", *VARIANCE_SCORES, *LINEAR_SCORES, "lie_derivative")
+#: What the callback does with a layer whose features hold NaN/inf for some inputs.
+NON_FINITE = ("nan", "skip", "error")
+#: Scores logged under more than their own name: consistency comes with its chance level and kappa, so that an
+#: untrained model predicting one class for everything (consistency 1.0) cannot be read as invariant.
+COMPANIONS = {"consistency": ("consistency", "consistency_chance", "consistency_kappa")}
 
 
-def metric_name(prefix: str, layer: str, score: str, dataloader_idx: int, num_dataloaders: int) -> str:
-    """``<prefix>/<layer>/<score>``, with ``/dataloader_idx_<i>`` appended when several dataloaders are measured."""
-    name = f"{prefix}/{layer}/{score}"
-    return f"{name}/dataloader_idx_{dataloader_idx}" if num_dataloaders > 1 else name
+def logged_keys(score: str) -> tuple[str, ...]:
+    """The names a requested score is logged under (usually just itself)."""
+    return COMPANIONS.get(score, (score,))
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class ScoreOptions:
     num_classes: int | None = None
     keep_sample_deviations: bool = False
     border_mask: bool = False
+    non_finite: str = "nan"
 
 
 @dataclass
@@ -67,6 +75,9 @@ class LayerScores:
     linear_fit: LinearMapFit | None = None
     lie: LieDerivative | None = None
     linear: LinearEquivariance | None = None
+    non_finite: SumMetric = field(default_factory=lambda: SumMetric(nan_strategy="error"))
+    non_finite_policy: str = "nan"
+    layer: str = OUTPUT
 
     @classmethod
     def create(cls, layer: str, options: ScoreOptions, device: torch.device) -> LayerScores:
@@ -81,7 +92,7 @@ class LayerScores:
                 options.action,
                 options.num_elements,
                 distance=options.distance,
-                border_mask=options.border_mask,
+                border_mask=options.border_mask and not options.action.trivial,
                 **extras,
             )
         scores = options.scores
@@ -97,25 +108,48 @@ class LayerScores:
             NormalizedVariance() if wants["variance"] else None,
             LinearMapFit(options.num_elements) if wants["linear"] else None,
             LieDerivative(normalize=True) if wants["lie"] else None,
+            non_finite_policy=options.non_finite,
+            layer=layer,
         )
         for metric in built._optional():
             metric.to(device)
         return built
 
     def _optional(self) -> list:
-        return [m for m in (self.consistency, self.variance, self.linear_fit, self.lie) if m is not None]
+        metrics = (self.consistency, self.variance, self.linear_fit, self.lie, self.non_finite)
+        return [m for m in metrics if m is not None]
 
     def update(self, features: Tensor, labels: Tensor | None = None) -> None:
-        """Add one chunk of orbit features (and its samples' labels when per-class scores are kept)."""
+        """Add one chunk of orbit features (and its samples' labels when per-class scores are kept).
+
+        Samples whose features hold NaN/inf are counted and left out of every metric (``non_finite="error"``
+        raises instead); :meth:`compute` then reports the layer as NaN or measures the rest, by policy.
+        """
+        keep = _finite_samples(features)
+        if keep is not None:
+            dropped = int((~keep).sum())
+            if self.non_finite_policy == "error":
+                raise MisconfigurationException(
+                    f"InvarianceMonitor(non_finite='error'): layer {self.layer!r} produced NaN or infinite values for "
+                    f"{dropped} of {keep.numel()} inputs. Pass non_finite='nan' to log NaN for it instead, or "
+                    "'skip' to measure the finite inputs."
+                )
+            self.non_finite.update(float(dropped))
+            features = features[:, keep]
+            labels = None if labels is None else labels[keep.to(labels.device)]
         self.deviation.update(features, labels)
         for metric in (self.consistency, self.variance, self.linear or self.linear_fit):
             if metric is not None:
                 metric.update(features)
 
     def update_lie(self, features: Tensor, derivatives: Tensor) -> None:
-        """Add one chunk of representations and their Lie derivatives."""
-        if self.lie is not None:
-            self.lie.update(features, derivatives)
+        """Add one chunk of representations and their Lie derivatives (samples with NaN/inf left out)."""
+        if self.lie is None:
+            return
+        keep = _finite_samples(torch.stack([features.flatten(1), derivatives.flatten(1)]))
+        if keep is not None:
+            features, derivatives = features[keep], derivatives[keep]
+        self.lie.update(features, derivatives)
 
     def fit_linear_maps(self) -> None:
         """End the fitting phase of the linear maps: later chunks are held out.
@@ -132,13 +166,32 @@ class LayerScores:
         self.linear = self.linear_fit.held_out_metric(normalize=True)
 
     def compute(self) -> dict[str, Tensor]:
-        """Every score (synchronised across processes), per-element and per-class values included, as tensors."""
+        """Every score (synchronised across processes), per-element and per-class values included, as tensors.
+
+        ``non_finite`` holds how many inputs had NaN/inf features; under the ``"nan"`` policy every value is then
+        NaN (the metrics' own warnings about it are left to the callback's one warning).
+        """
+        non_finite = self.non_finite.compute().to(torch.float64)
+        with warnings.catch_warnings():
+            if float(non_finite) > 0:
+                warnings.simplefilter("ignore")
+            values = self._compute_scores()
+        if float(non_finite) > 0 and self.non_finite_policy == "nan":
+            values = {key: torch.full_like(value, float("nan"), dtype=torch.float64) for key, value in values.items()}
+        return values | {"non_finite": non_finite}
+
+    def _compute_scores(self) -> dict[str, Tensor]:
         summary = self.deviation.compute_summary()
-        keep = (*DEVIATION_SCORES, "per_element", "per_element_normalized", "num_samples")
+        keep = (*DEVIATION_SCORES, "per_element", "per_element_normalized", "num_samples", "pair_mean")
         keep += ("per_class", "per_class_normalized", "sample_deviations")
         values = {key: summary[key] for key in keep if key in summary}
         if self.consistency is not None:
-            values["consistency"] = self.consistency.compute_summary()["consistency"]
+            consistency = self.consistency.compute_summary()
+            values |= {
+                "consistency": consistency["consistency"],
+                "consistency_chance": consistency["chance_consistency"],
+                "consistency_kappa": consistency["consistency_kappa"],
+            }
         if self.variance is not None:
             variance = self.variance.compute_summary()
             values |= {score: variance[key] for score, key in VARIANCE_SCORES.items()}
@@ -154,4 +207,14 @@ class LayerScores:
         self.deviation.reset()
         for metric in self._optional():
             metric.reset()
+        self.non_finite.update(0.0)  # a count from the start, so computing it never warns "called before update"
         self.linear = None
+
+
+def _finite_samples(orbit_features: Tensor) -> Tensor | None:
+    """Which samples (axis 1) have finite features for every element; ``None`` when all do (one host sync)."""
+    if not (orbit_features.is_floating_point() or orbit_features.is_complex()):
+        return None
+    finite = torch.isfinite(orbit_features).reshape(orbit_features.shape[0], orbit_features.shape[1], -1)
+    keep = finite.all(dim=2).all(dim=0)
+    return None if bool(keep.all()) else keep

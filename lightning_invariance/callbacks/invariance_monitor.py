@@ -1,12 +1,18 @@
 """InvarianceMonitor: invariance and equivariance curves of the model and its layers while it trains.
 
-Every N validation epochs it measures the G-EED under a group of transformations and logs it to every Lightning
-logger.
+Every N validation runs it measures the G-EED under a group of transformations and logs it to every Lightning
+logger. The jobs around the hooks live beside this file: argument checks (``_checks``), reading and caching the
+validation inputs (``_batches``, ``_shares``), the metrics per layer (``_scores``), the history and its tables
+(``_history``), and TensorBoard's layout, figures and histograms (``_tensorboard``, ``_figures``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,15 +25,34 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_invariance._rng import cuda_indices, fork_rng
-from lightning_invariance.callbacks._helpers import (
+from lightning_invariance.callbacks._batches import InputCache, dataset_size, validation_batches
+from lightning_invariance.callbacks._checks import (
+    check_dataloaders,
+    check_group,
+    check_layer_actions,
     check_measure_options,
+    check_monitoring_callbacks,
     check_options,
     check_positive,
-    has_matplotlib,
 )
-from lightning_invariance.callbacks._scores import LINEAR_SCORES, SCORES, LayerScores, ScoreOptions, metric_name
+from lightning_invariance.callbacks._figures import has_matplotlib
+from lightning_invariance.callbacks._history import SpawnHandoff, summary_table, tidy_rows, write_csv
+from lightning_invariance.callbacks._scores import (
+    LINEAR_SCORES,
+    NON_FINITE,
+    SCORES,
+    LayerScores,
+    ScoreOptions,
+    logged_keys,
+)
 from lightning_invariance.callbacks._shares import cache_size, my_share
-from lightning_invariance.callbacks._tensorboard import figure_of_per_element_scores, scalars_layout
+from lightning_invariance.callbacks._tensorboard import (
+    scalars_layout,
+    tensorboard_writers,
+    write_figures,
+    write_histograms,
+    write_setup,
+)
 from lightning_invariance.functional.distances import DISTANCES, REFERENCES
 from lightning_invariance.groups.actions import RepresentationAction
 from lightning_invariance.groups.base import Group
@@ -39,79 +64,88 @@ __all__ = ["InvarianceMonitor"]
 
 #: The summary entry holding the per-class values of a score that has them.
 PER_CLASS_KEYS = {"geed": "per_class", "geed_normalized": "per_class_normalized"}
+#: Scores drawn in the figures (the others are read off the scalars).
+FIGURE_SKIPS = {"stderr", "max", "dead_units", "transformation_variance", "sample_variance"}
 
 
 class InvarianceMonitor(Callback):
     r"""Log the G-EED of the model output and named layers under ``group`` during ``fit`` and ``validate``.
 
     Every ``every_n_epochs``-th validation run of ``fit`` (and every ``validate``), never during the sanity check,
-    the callback runs the whole orbit of a fixed set of validation inputs through the model (one chunked forward
-    pass, eval mode, no autograd), captures the layers with forward hooks, and logs the scores with
-    ``pl_module.log``, so every logger gets them and ``EarlyStopping``/``ModelCheckpoint`` can monitor them.
-    Measuring never changes training: the model's modes, hooks, gradients, BatchNorm statistics, the global RNG
-    states and the dataloaders' order are left as they were (the inputs are copied from the batches Lightning
-    already loaded).
+    the callback runs the whole orbit of a fixed set of validation inputs through the model (chunked forward passes,
+    eval mode, no autograd, in the precision validation runs in), captures the layers with forward hooks, and logs
+    the scores to every logger at the current training step (``pl_module.log`` also gets them, so
+    ``EarlyStopping``/``ModelCheckpoint`` can monitor them). Measuring never changes training: the model's modes,
+    hooks, gradients, BatchNorm statistics, the global RNG states and the dataloaders' order are left as they were.
+
+    Before training starts, one validation batch goes through the model's orbit (nothing is logged) so that a group
+    or action that does not fit the inputs or a layer fails at once, naming the layer.
 
     With ``max_samples`` set, the first ``max_samples`` validation inputs of each dataloader are copied the first
     time they are needed and re-used by every later measurement, so every epoch measures the same inputs even if the
-    loader shuffles. Under DDP they are the first ``max_samples`` in all, in the order one process would read them:
-    the processes' copies are gathered and shared out again, so the logged values equal a one-process run's. With
-    ``max_samples=None`` every validation batch is measured as it comes, by the process that loaded it (raw scores
-    still equal one process's; the normaliser then pairs each process's samples among themselves, a small
-    difference).
+    loader shuffles. Under DDP they are the first ``max_samples`` in all, in the order one process would read them,
+    so the logged values equal a one-process run's. With ``max_samples=None`` every validation batch is measured as
+    it comes, by the process that loaded it.
 
     Args:
-        group: the transformations (e.g. ``CyclicRotation(4)``).
+        group: the transformations, an instance (e.g. ``CyclicRotation(4)``); wrap a random augmentation as
+            ``AugmentationFamily``.
         layers: module paths as in ``pl_module.named_modules()``; ``"output"`` is the model output.
-        scores: any of ``"geed"``, ``"geed_normalized"``, ``"stderr"``, ``"max"``, ``"consistency"``
-            (prediction consistency of the output, for classifiers); the variance measures of Quiroga et al.
+        scores: any of ``"geed"``, ``"geed_normalized"``, ``"stderr"``, ``"max"``, ``"consistency"`` (prediction
+            consistency of the output, logged with ``consistency_chance``, how often two different inputs get the
+            same label, and the chance-corrected ``consistency_kappa``); the variance measures of Quiroga et al.
             ``"normalized_variance"``, ``"transformation_variance"``, ``"sample_variance"`` and ``"dead_units"``;
-            the fitted linear maps of Lenc & Vedaldi ``"linear_equivariance"`` (held-out G-EED against ``M_g f(x)``,
-            normalised) and ``"linear_invariance"`` (the invariance G-EED of the same pooled features); and
-            ``"lie_derivative"`` (Gruver et al., needs ``lie_generator``). The fitted maps need ``max_samples``: the
-            first half of the cached inputs fits them, the second half is held out.
+            the fitted linear maps of Lenc & Vedaldi ``"linear_equivariance"`` and ``"linear_invariance"`` (need
+            ``max_samples``: the first half of the cached inputs fits the maps, the second half is held out); and
+            ``"lie_derivative"`` (Gruver et al., needs ``lie_generator``).
         distance: ``"euclidean"``, ``"cosine"``, ``"kl"`` or ``"discrete"``.
-        reference: ``"centroid"`` or ``"identity"`` (invariance only; equivariance compares with the action).
-        action: an action on the layers' representations to measure equivariance instead of invariance (for
-            example ``RegularAction(group)`` for e2cnn regular fields). Use one callback per action, with its own
-            ``prefix``.
-        every_n_epochs: measure on every n-th validation run of ``fit``.
+        reference: ``"centroid"`` (the default) or ``"identity"``, for the layers measured for invariance.
+        action: an action on the layers' representations to measure equivariance instead of invariance (e.g.
+            ``RegularAction(group)`` for e2cnn regular fields): one for every layer, or a ``{layer: action}`` map
+            (layers left out measure invariance), so one callback measures inner equivariance and output invariance.
+        every_n_epochs: measure on every n-th validation run of ``fit``. An ``EarlyStopping`` on a score then needs
+            ``strict=False``, a ``ModelCheckpoint`` an ``every_n_epochs`` that is a multiple (checked in ``setup``).
         max_samples: inputs measured per dataloader, in all processes together; ``None`` for all.
         chunk_size: most inputs (transformed copies included) in one forward pass; ``None``: 128 on CPU, 2048 on
             accelerators.
         input_key: how to take the input out of a batch: ``None`` (a tensor batch, the first element of a tuple or
             list, or the ``"input"``/``"x"``/``"image"`` entry of a dict), an index, a dict key, or a callable.
-        dataloaders: indices of the validation dataloaders to measure (all by default); each is logged with a
-            ``/dataloader_idx_<i>`` suffix when there are several.
-        measure_before_training: also measure once when training starts (the untrained baseline, logged at the
-            current step straight to the loggers).
+        dataloaders: the validation dataloaders to measure: indices, or a ``{name: index}`` map (``{"id": 0, "ood":
+            1}``) whose names end the logged names; by default all, ``/dataloader_idx_<i>`` ending the names when
+            there are several.
+        normalize_by: a dataloader (name or index) whose scale normalises ``geed_normalized`` of every dataloader,
+            so that in- and out-of-distribution values share one yardstick; ``None``: each set its own.
+        measure_before_training: also measure once when training starts (the untrained baseline, step 0).
         log_per_element: also log one scalar per group element, e.g. ``invariance/output/geed/rot90``.
-        log_figures: a per-element bar chart in TensorBoard every ``figure_every_n`` measurements; ``None`` does
-            so when the logger is a ``TensorBoardLogger`` and matplotlib is installed.
+        log_figures: depth-profile and per-layer curve figures in TensorBoard every ``figure_every_n`` measurements
+            and at the end of ``fit``; ``None`` does so when the logger is a ``TensorBoardLogger`` and matplotlib is
+            installed.
         figure_every_n: see ``log_figures``.
         prefix: first part of every logged name.
         print_summary: print a table of first versus last scores when ``fit`` ends.
         lie_generator: the continuous transformation of the ``"lie_derivative"`` score: ``"rotation"``,
-            ``"scaling"``, ``"translation_x"`` or ``"translation_y"``. With an ``action`` the layers' feature maps are
-            expected to move with the input (equivariant Lie derivative), otherwise to stay put.
+            ``"scaling"``, ``"translation_x"`` or ``"translation_y"``. Layers with an action are expected to move
+            with the input (equivariant Lie derivative), the others to stay put.
         num_classes: also log ``geed``/``geed_normalized`` per class (``.../class_<c>``), reading labels from the
             batches with ``target_key``.
-        target_key: how to take the labels out of a batch: ``None`` (element 1 of a tuple or list, or the
-            ``"target"``/``"y"``/``"label"``/``"labels"`` entry of a dict), an index, a dict key, or a callable.
+        target_key: how to take the labels out of a batch, like ``input_key``; ``None`` takes element 1 of a tuple or
+            list, or the ``"target"``/``"y"``/``"label"``/``"labels"`` entry of a dict.
         border_mask: with an action, compare only the region each element leaves valid (interpolated rotations and
             scalings leave empty corners).
-        log_histograms: log a TensorBoard histogram of the per-sample deviations of every layer
-            (``<prefix>/<layer>/sample_deviations``), which shows the few large failures a mean can hide; ``None``
-            does so when the logger is a ``TensorBoardLogger``.
+        log_histograms: a TensorBoard histogram of each layer's per-sample deviations (normalised when the
+            normaliser is known), which shows the few large failures a mean can hide; ``None`` does so when the
+            logger is a ``TensorBoardLogger``.
+        non_finite: a layer whose features hold NaN/inf for some inputs (a diverging run): ``"nan"`` logs its scores
+            as NaN, ``"skip"`` measures its finite inputs, both with one warning per layer; ``"error"`` raises.
 
     Raises:
         MisconfigurationException: for an argument out of range; in ``setup``, for a layer name the model does not
-            have or figures requested without a ``TensorBoardLogger`` or matplotlib; on the first measured batch,
-            for a batch without an input tensor or a group that cannot act on the inputs' shape.
+            have, figures without a ``TensorBoardLogger`` or matplotlib, or a monitoring callback that would miss
+            the scores; before training, for a group or action that does not fit the inputs or a layer.
 
     Logged metrics:
-        ``<prefix>/<layer>/<score>`` for each layer and score (``/dataloader_idx_<i>`` appended when several
-        dataloaders are measured), and ``<prefix>/<layer>/<score>/<element>`` with ``log_per_element=True``.
+        ``<prefix>/<layer>/<score>`` for each layer and score (``/<dataloader>`` appended when several dataloaders
+        are measured), and ``<prefix>/<layer>/<score>/<element>`` with ``log_per_element=True``.
 
     Example::
 
@@ -129,13 +163,14 @@ class InvarianceMonitor(Callback):
         layers: Sequence[str] = (OUTPUT,),
         scores: Sequence[str] = ("geed", "geed_normalized"),
         distance: str = "euclidean",
-        reference: str = "centroid",
-        action: RepresentationAction | None = None,
+        reference: str | None = None,
+        action: RepresentationAction | Mapping[str, RepresentationAction | None] | None = None,
         every_n_epochs: int = 1,
         max_samples: int | None = 512,
         chunk_size: int | None = None,
         input_key: str | int | Callable[[Any], Tensor] | None = None,
-        dataloaders: int | Sequence[int] | None = None,
+        dataloaders: int | Sequence[int] | Mapping[str, int] | None = None,
+        normalize_by: str | int | None = None,
         measure_before_training: bool = False,
         log_per_element: bool = False,
         log_figures: bool | None = None,
@@ -147,98 +182,175 @@ class InvarianceMonitor(Callback):
         target_key: str | int | Callable[[Any], Tensor] | None = None,
         border_mask: bool = False,
         log_histograms: bool | None = None,
+        non_finite: str = "nan",
     ) -> None:
-        if not isinstance(group, Group):
-            raise MisconfigurationException(
-                f"`group` must be a lightning_invariance Group, got {type(group).__name__}."
-            )
+        check_group(group)
         self.group = group
         self.layers = [layers] if isinstance(layers, str) else list(layers)
         self.scores = tuple([scores] if isinstance(scores, str) else scores)
         check_options("scores", self.scores, SCORES)
         check_options("distance", (distance,), DISTANCES)
-        check_options("reference", (reference,), REFERENCES)
+        if reference is not None:
+            check_options("reference", (reference,), REFERENCES)
+        check_options("non_finite", (non_finite,), NON_FINITE)
         if not self.layers or not self.scores:
             raise MisconfigurationException("`layers` and `scores` must each name at least one item.")
         if "consistency" in self.scores and OUTPUT not in self.layers:
             raise MisconfigurationException('The "consistency" score is of the model output: add "output" to `layers`.')
-        if action is not None:
-            if not isinstance(action, RepresentationAction):
-                raise MisconfigurationException(
-                    f"`action` must be a RepresentationAction, got {type(action).__name__}."
-                )
-            action.check_group(group)
+        self.actions = check_layer_actions(action, self.layers, group, reference)
         check_positive("every_n_epochs", every_n_epochs)
         if chunk_size is not None:
             check_positive("chunk_size", chunk_size)
         check_positive("figure_every_n", figure_every_n)
         if max_samples is not None:
             check_positive("max_samples", max_samples)
-        if isinstance(dataloaders, int):
-            dataloaders = [dataloaders]
-        if dataloaders is not None and (not dataloaders or any(not isinstance(i, int) or i < 0 for i in dataloaders)):
-            raise MisconfigurationException(f"`dataloaders` must be None or non-negative indices, got {dataloaders!r}.")
+        self.dataloaders, self.dataloader_names = check_dataloaders(dataloaders)
         if not isinstance(prefix, str) or not prefix:
             raise MisconfigurationException(f"`prefix` must be a non-empty string, got {prefix!r}.")
-        check_measure_options(self.scores, max_samples, lie_generator, num_classes, border_mask, action)
-        self.distance, self.reference, self.action = distance, reference, action
+        equivariant = [a for a in self.actions.values() if a is not None]
+        check_measure_options(self.scores, max_samples, lie_generator, num_classes, border_mask, equivariant)
+        self.distance, self.reference, self.action = distance, reference or "centroid", action
         self.every_n_epochs, self.max_samples, self.chunk_size = every_n_epochs, max_samples, chunk_size
-        self.dataloaders = None if dataloaders is None else sorted(set(dataloaders))
+        self.normalize_by, self.non_finite = normalize_by, non_finite
         self.measure_before_training, self.log_per_element = measure_before_training, log_per_element
         self.log_figures, self.figure_every_n = log_figures, figure_every_n
         self.prefix, self.print_summary = prefix, print_summary
-        self._get_input = make_input_getter(input_key)
         self.lie_generator, self.num_classes, self.border_mask = lie_generator, num_classes, border_mask
         self.log_histograms = log_histograms
+        self._get_input = make_input_getter(input_key)
         self._get_target = make_target_getter(target_key) if num_classes is not None else None
-        self._lie_probe: LieProbe | None = None
-        self._histograms_enabled = False
 
-        self.history: list[dict[str, Any]] = []
+        self._history: list[dict[str, Any]] = []
+        self._handoff = SpawnHandoff()
         self._fit_validation_runs = 0
         self._baseline_done = False
         self._measuring_now = False
         self._probe: Probe | None = None
+        self._lie_probe: LieProbe | None = None
         self._scores: dict[tuple[int, str], LayerScores] = {}
-        self._cache: dict[int, list[tuple[Tensor, Tensor | None]]] = {}
-        self._cache_complete: set[int] = set()
+        self._cache = InputCache(0)
+        self._layer_order = list(self.layers)
         self._layout_written = False
-        self._figures_enabled = False
+        self._figures_enabled = self._histograms_enabled = False
+        self._figures_step: int | None = None
+        self._warned_non_finite: set[str] = set()
+
+    # ----------------------------------------------------------------- what it measured
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One record per measurement: ``{"stage", "epoch", "step", "values": {name: value}, "keys": ...}``.
+
+        Under ``strategy="ddp_spawn"`` the processes' history comes back to this object after ``fit``.
+        """
+        returned = self._handoff.read()
+        if returned is not None:
+            self._history = returned
+        return self._history
+
+    @history.setter
+    def history(self, records: list[dict[str, Any]]) -> None:
+        self._history = list(records)
+
+    def history_rows(self) -> list[dict[str, Any]]:
+        """The history as a tidy table: one dict per value with stage, epoch, step, dataloader, layer, score."""
+        return tidy_rows(self.history)
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write :meth:`history_rows` to a CSV file (e.g. to aggregate seeds with pandas); the path written."""
+        return write_csv(self.history, path)
+
+    def summary_table(self) -> str:
+        """First versus last logged value of every score during ``fit``, as a printable table."""
+        headline = {(layer, key) for layer in self.layers for score in self.scores for key in logged_keys(score)}
+        return summary_table(self.history, f"InvarianceMonitor ({self.group!r}): first vs last measurement", headline)
+
+    # ----------------------------------------------------------------- checkpoints
+    def _config(self) -> dict[str, str]:
+        """Everything that changes what the scores mean; a checkpoint's history continues only under the same."""
+        return {
+            "group": repr(self.group),
+            "layers": repr(self.layers),
+            "scores": repr(self.scores),
+            "distance": self.distance,
+            "reference": self.reference,
+            "actions": repr({layer: repr(a) for layer, a in self.actions.items() if a is not None}),
+            "max_samples": repr(self.max_samples),
+            "dataloaders": repr((self.dataloaders, self.dataloader_names)),
+            "normalize_by": repr(self.normalize_by),
+            "num_classes": repr(self.num_classes),
+            "border_mask": repr(self.border_mask),
+            "lie_generator": repr(self.lie_generator),
+        }
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(prefix=self.prefix, group=repr(self.group), layers=tuple(self.layers))
+        digest = hashlib.sha1(json.dumps(self._config(), sort_keys=True).encode()).hexdigest()[:12]
+        return self._generate_state_key(prefix=self.prefix, config=digest)
 
+    @override
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        same_prefix = f"{type(self).__qualname__}{{'prefix': {self.prefix!r}, "
+        for key, state in checkpoint.get("callbacks", {}).items():
+            if not key.startswith(same_prefix) or key == self.state_key:
+                continue
+            old = state.get("config", {}) if isinstance(state, dict) else {}
+            changed = [f"{k}: {old.get(k, '?')} -> {v}" for k, v in self._config().items() if old.get(k) != v]
+            rank_zero_warn(
+                f"InvarianceMonitor(prefix={self.prefix!r}): the checkpoint's history was measured with other settings "
+                f"({'; '.join(changed)}). It is not continued: this run starts a new history, and its curves share "
+                "the old run's names in the loggers. Use another `prefix` to keep them apart."
+            )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": [dict(record, values=dict(record["values"])) for record in self.history],
+            "fit_validation_runs": self._fit_validation_runs,
+            "baseline_done": self._baseline_done,
+            "config": self._config(),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        self._fit_validation_runs = int(state_dict.get("fit_validation_runs", 0))
+        self._baseline_done = bool(state_dict.get("baseline_done", False))
+
+    # ----------------------------------------------------------------- hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         try:
             resolve_layers(pl_module, self.layers)
         except ValueError as error:
             raise MisconfigurationException(f"InvarianceMonitor: {error}") from error
+        check_monitoring_callbacks(trainer, self.prefix, self.every_n_epochs)
         self._probe = Probe(pl_module, self.group, self.layers, chunk_size=self.chunk_size)
         if self.lie_generator is not None:
-            equivariant = [layer for layer in self.layers if self.action is not None and layer != OUTPUT]
+            equivariant = [layer for layer, action in self.actions.items() if action is not None]
             self._lie_probe = LieProbe(pl_module, self.lie_generator, self.layers, equivariant, self.chunk_size)
         # inputs are cached per run: a later `validate(dataloaders=...)` must not measure fit's inputs
-        self._cache, self._cache_complete, self._scores = {}, set(), {}
-        self._cache_size = 0 if self.max_samples is None else cache_size(self.max_samples, trainer.world_size)
+        self._scores = {}
+        self._cache = InputCache(0 if self.max_samples is None else cache_size(self.max_samples, trainer.world_size))
         tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
-        matplotlib_found = has_matplotlib()
-        if self.log_figures and not (tensorboard and matplotlib_found):
+        if self.log_figures and not (tensorboard and has_matplotlib()):
             missing = "a TensorBoardLogger" if not tensorboard else "matplotlib (pip install matplotlib)"
             raise MisconfigurationException(f"InvarianceMonitor(log_figures=True) needs {missing}.")
-        self._figures_enabled = tensorboard and matplotlib_found if self.log_figures is None else self.log_figures
+        self._figures_enabled = tensorboard and has_matplotlib() if self.log_figures is None else self.log_figures
         if self.log_histograms and not tensorboard:
             raise MisconfigurationException("InvarianceMonitor(log_histograms=True) needs a TensorBoardLogger.")
         self._histograms_enabled = tensorboard if self.log_histograms is None else self.log_histograms
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.measure_before_training or self._baseline_done:
+        if not self._validation_data_ready(trainer):
+            if self.measure_before_training:
+                rank_zero_warn("InvarianceMonitor(measure_before_training=True): there is no validation data to measure.")
             return
-        self._measure_baseline(trainer, pl_module)
-        self._baseline_done = True
+        self._check_one_batch(trainer, pl_module)
+        if self.measure_before_training and not self._baseline_done:
+            self._measure_baseline(trainer, pl_module)
+            self._baseline_done = True
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -256,15 +368,15 @@ class InvarianceMonitor(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not self._measuring_now or not self._selected(dataloader_idx, trainer):
+        if not self._measuring_now or dataloader_idx not in self._selected_indices(trainer):
             return
-        if self.max_samples is not None and dataloader_idx in self._cache_complete:
+        if self.max_samples is not None and dataloader_idx in self._cache.closed:
             return
-        inputs = self._input_of(batch, batch_idx, dataloader_idx)
+        inputs, labels = self._input_of(batch, batch_idx, dataloader_idx)
         if self.max_samples is None:
-            self._measure(*inputs, dataloader_idx)
+            self._measure(trainer, inputs, labels, dataloader_idx)
         else:
-            self._add_to_cache(inputs, dataloader_idx)
+            self._cache.add(inputs, labels, dataloader_idx)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -278,67 +390,27 @@ class InvarianceMonitor(Callback):
         if self.max_samples is not None:
             for index in self._selected_indices(trainer):
                 self._measure_cache(trainer, index)
-        values, per_element = self._compute(trainer)
+        validating = trainer.state.fn == "validate"
+        values = self._finish(trainer, "validate" if validating else "fit")
+        # callback_metrics for EarlyStopping/ModelCheckpoint; during fit the loggers already have the values at the
+        # current step, `validate` logs (and returns) them with the rest of its metrics
         for name, value in values.items():
-            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, add_dataloader_idx=False)
-        stage = "validate" if trainer.state.fn == "validate" else "fit"
-        self._record(trainer, stage, values)
-        self._write_tensorboard_extras(trainer, per_element)
+            pl_module.log(name, value, on_epoch=True, logger=validating, sync_dist=True, add_dataloader_idx=False)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._figures_enabled and self._figures_step != trainer.global_step and self.history:
+            self._write_figures(trainer)
         if self.print_summary and self.history:
             rank_zero_info(self.summary_table())
 
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "history": [dict(record, values=dict(record["values"])) for record in self.history],
-            "fit_validation_runs": self._fit_validation_runs,
-            "baseline_done": self._baseline_done,
-        }
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
-        self._fit_validation_runs = int(state_dict.get("fit_validation_runs", 0))
-        self._baseline_done = bool(state_dict.get("baseline_done", False))
-
-    def summary_table(self) -> str:
-        """First versus last logged value of every score during ``fit``, as a printable table."""
-        records = [record for record in self.history if record["stage"] in ("baseline", "fit")]
-        if not records:
-            return "InvarianceMonitor: nothing measured during fit."
-        main = {metric_name(self.prefix, layer, score, 0, 1) for layer in self.layers for score in self.scores}
-        names = [
-            name
-            for name in dict.fromkeys(name for record in records for name in record["values"])
-            if name.split("/dataloader_idx_")[0] in main  # per-element scalars stay out of the table
-        ]
-
-        def when(record: dict[str, Any]) -> str:
-            return "before training" if record["stage"] == "baseline" else f"epoch {record['epoch']}"
-
-        rows = []
-        for name in names:
-            seen = [(when(record), record["values"][name]) for record in records if name in record["values"]]
-            (first_when, first), (last_when, last) = seen[0], seen[-1]
-            rows.append((name, f"{first:.4g} ({first_when})", f"{last:.4g} ({last_when})"))
-        widths = [max(len(row[i]) for row in [("score", "first", "last"), *rows]) for i in range(3)]
-        lines = [f"InvarianceMonitor ({self.group!r}): first vs last measurement"]
-        for row in [("score", "first", "last"), *rows]:
-            lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-        return "\n".join(lines)
-
+    # ----------------------------------------------------------------- measuring
     def _should_measure(self, trainer: pl.Trainer) -> bool:
         if trainer.sanity_checking:
             return False
         if trainer.state.fn == "validate":
             return True
         return trainer.state.fn == "fit" and (self._fit_validation_runs + 1) % self.every_n_epochs == 0
-
-    def _selected(self, dataloader_idx: int, trainer: pl.Trainer) -> bool:
-        return dataloader_idx in self._selected_indices(trainer)
 
     def _selected_indices(self, trainer: pl.Trainer) -> list[int]:
         available = range(len(trainer.num_val_batches))
@@ -352,24 +424,35 @@ class InvarianceMonitor(Callback):
             )
         return list(self.dataloaders)
 
+    def _label(self, index: int, indices: Sequence[int]) -> str:
+        """How dataloader ``index`` ends the logged names: its name, its index when there are several, or nothing."""
+        if index in self.dataloader_names:
+            return self.dataloader_names[index]
+        return f"dataloader_idx_{index}" if len(indices) > 1 else ""
+
+    def _name(self, layer: str, score: str, label: str) -> str:
+        return f"{self.prefix}/{layer}/{score}" + (f"/{label}" if label else "")
+
+    def _score_options(self, layer: str, keep_sample_deviations: bool) -> ScoreOptions:
+        return ScoreOptions(
+            len(self.group),
+            self.scores,
+            self.distance,
+            self.reference,
+            self.actions[layer],
+            self.num_classes,
+            keep_sample_deviations,
+            self.border_mask,
+            self.non_finite,
+        )
+
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        indices = self._selected_indices(trainer)
-        for index in indices:
+        for index in self._selected_indices(trainer):
             for layer in self.layers:
-                key = (index, layer)
-                if key not in self._scores:
-                    options = ScoreOptions(
-                        len(self.group),
-                        self.scores,
-                        self.distance,
-                        self.reference,
-                        self.action,
-                        self.num_classes,
-                        self._histograms_enabled,
-                        self.border_mask,
-                    )
-                    self._scores[key] = LayerScores.create(layer, options, pl_module.device)
-                self._scores[key].reset()
+                if (index, layer) not in self._scores:
+                    options = self._score_options(layer, self._histograms_enabled)
+                    self._scores[(index, layer)] = LayerScores.create(layer, options, pl_module.device)
+                self._scores[(index, layer)].reset()
 
     def _input_of(self, batch: Any, batch_idx: int, dataloader_idx: int) -> tuple[Tensor, Tensor | None]:
         try:
@@ -387,181 +470,249 @@ class InvarianceMonitor(Callback):
             ) from error
         return inputs, labels
 
-    def _add_to_cache(self, batch: tuple[Tensor, Tensor | None], dataloader_idx: int) -> None:
-        cached = self._cache.setdefault(dataloader_idx, [])
-        room = self._cache_size - sum(len(x) for x, _ in cached)
-        if room <= 0:
-            return
-        inputs, labels = batch
-        with torch.inference_mode(False):  # normal tensors, usable outside validation's inference mode
-            cached.append((inputs[:room].detach().clone(), None if labels is None else labels[:room].clone()))
+    @contextlib.contextmanager
+    def _in_validation_precision(self, trainer: pl.Trainer) -> Iterator[None]:
+        """The model runs as in validation: under the precision plugin's forward context (autocast for ``*-mixed``)."""
+        with trainer.precision_plugin.forward_context():
+            yield
 
-    def _measure(self, inputs: Tensor, labels: Tensor | None, dataloader_idx: int) -> None:
+    def _measure(
+        self, trainer: pl.Trainer, inputs: Tensor, labels: Tensor | None, index: int, scores: Mapping | None = None
+    ) -> None:
+        """Run the orbit of ``inputs`` and update dataloader ``index``'s metrics (or ``scores``, per layer)."""
         assert self._probe is not None
         if inputs.shape[0] == 0:  # this process's share of the cached inputs can be empty under DDP
             return
-        metrics = {layer: self._scores[(dataloader_idx, layer)] for layer in self.layers}
+        metrics = scores or {layer: self._scores[(index, layer)] for layer in self.layers}
         offsets = dict.fromkeys(self.layers, 0)
 
         def feed(name: str, features: Tensor) -> None:
             start, offsets[name] = offsets[name], offsets[name] + features.shape[1]
             chunk_labels = None if labels is None else labels[start : offsets[name]].to(features.device)
-            metrics[name].update(features, chunk_labels)
+            try:
+                metrics[name].update(features, chunk_labels)
+            except (ValueError, RuntimeError) as error:
+                action = self.actions[name]
+                measured = "invariance" if action is None else f"equivariance under {action!r}"
+                raise MisconfigurationException(
+                    f"InvarianceMonitor cannot measure the {measured} of layer {name!r}, whose orbit features have "
+                    f"shape {tuple(features.shape)} (|G|, inputs, ...): {error}"
+                ) from error
 
         try:
-            self._probe.run(inputs, feed)
-            if self._lie_probe is not None:
-                self._lie_probe.run(inputs, lambda name, f, derivatives: metrics[name].update_lie(f, derivatives))
-        except ValueError as error:
+            with self._in_validation_precision(trainer):
+                self._probe.run(inputs, feed)
+                if self._lie_probe is not None:
+                    self._lie_probe.run(inputs, lambda name, f, d: metrics[name].update_lie(f, d))
+        except (ValueError, RuntimeError) as error:
             raise MisconfigurationException(
                 f"InvarianceMonitor could not measure inputs of shape {tuple(inputs.shape)} from dataloader "
-                f"{dataloader_idx}: {error}"
+                f"{index}: {error}"
             ) from error
 
-    def _compute(self, trainer: pl.Trainer) -> tuple[dict[str, float], dict[tuple[int, str], dict[str, list[float]]]]:
-        indices = self._selected_indices(trainer)
-        values: dict[str, float] = {}
-        # per (dataloader, layer): per-element values of each score, and "sample_deviations" for the histograms
-        per_element: dict[tuple[int, str], dict[str, list[float]]] = {}
-        for index in indices:
-            for layer in self.layers:
-                computed = self._scores[(index, layer)].compute()
-                per_element[(index, layer)] = {
-                    "geed": computed["per_element"].tolist(),
-                    "geed_normalized": computed["per_element_normalized"].tolist(),
-                }
-                if "sample_deviations" in computed:
-                    per_element[(index, layer)]["sample_deviations"] = computed["sample_deviations"].tolist()
-                for score in self.scores:
-                    if score not in computed:
-                        continue
-                    name = metric_name(self.prefix, layer, score, index, len(indices))
-                    values[name] = float(computed[score])
-                    per_class = PER_CLASS_KEYS.get(score)
-                    if per_class in computed:
-                        for c, value in enumerate(computed[per_class].tolist()):
-                            values[metric_name(self.prefix, layer, f"{score}/class_{c}", index, len(indices))] = value
-                    if self.log_per_element and score in per_element[(index, layer)]:
-                        for element, value in zip(self.group.names, per_element[(index, layer)][score], strict=True):
-                            values[metric_name(self.prefix, layer, f"{score}/{element}", index, len(indices))] = value
-        return values, per_element
+    def _validation_data_ready(self, trainer: pl.Trainer) -> bool:
+        """Set the validation data up outside validation (a no-op after the sanity check); whether there is any."""
+        trainer.fit_loop.epoch_loop.val_loop.setup_data()
+        return bool(trainer.num_val_batches) and trainer.val_dataloaders is not None
 
-    def _record(self, trainer: pl.Trainer, stage: str, values: dict[str, float]) -> None:
-        self.history.append(
-            {"stage": stage, "epoch": trainer.current_epoch, "step": trainer.global_step, "values": dict(values)}
-        )
+    def _check_one_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Run one validation batch's orbit through throwaway metrics, so that a misfit fails before training.
+
+        Also learns the order the layers run in (for tables and figures). Nothing is logged or kept.
+        """
+        order: list[str] = []
+        with fork_rng(cuda_indices(pl_module.device)):
+            for index in self._selected_indices(trainer):
+                batch_idx, batch = next(validation_batches(trainer, index), (None, None))
+                if batch_idx is None:
+                    continue
+                inputs, labels = self._input_of(batch, batch_idx, index)
+                throwaway = {}
+                for layer in self.layers:
+                    throwaway[layer] = LayerScores.create(layer, self._score_options(layer, False), pl_module.device)
+                    throwaway[layer].reset()
+                recording = {layer: _Recorder(scores, order) for layer, scores in throwaway.items()}
+                self._measure(trainer, inputs[:2], None if labels is None else labels[:2], index, recording)
+        self._layer_order = list(dict.fromkeys(order)) or self._layer_order
 
     def _measure_baseline(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Measure the untrained model on the validation data before the first training step."""
-        loop = trainer.fit_loop.epoch_loop.val_loop
-        loop.setup_data()  # a no-op when the sanity check already set the validation data up
-        combined = getattr(loop, "_combined_loader", None)
-        if combined is None or not trainer.num_val_batches:
-            rank_zero_warn("InvarianceMonitor(measure_before_training=True): there is no validation data to measure.")
-            return
-        loaders = combined.flattened  # the dataloaders as the validation loop iterates them (samplers included)
+        """Measure the untrained model on the validation data, read as the validation loop reads it."""
         self._prepare(trainer, pl_module)
         with fork_rng(cuda_indices(pl_module.device)):
-            self._fill_baseline(trainer, loaders)
-        values, per_element = self._compute(trainer)
-        for logger in trainer.loggers:
-            logger.log_metrics(values, step=trainer.global_step)
-        self._record(trainer, "baseline", values)
-        self._write_tensorboard_extras(trainer, per_element)
-
-    def _fill_baseline(self, trainer: pl.Trainer, loaders: Sequence[Any]) -> None:
-        """Read (and measure) the validation inputs the way the validation loop would, bounded by its limits."""
-        for index in self._selected_indices(trainer):
-            limit = trainer.num_val_batches[index]
-            for batch_idx, batch in enumerate(loaders[index]):
-                if batch_idx >= limit:
-                    break
-                inputs = self._input_of(batch, batch_idx, index)
-                if self.max_samples is None:
-                    self._measure(*inputs, index)
-                    continue
-                self._add_to_cache(inputs, index)
-                if sum(len(x) for x, _ in self._cache[index]) >= self._cache_size:
-                    break
-            if self.max_samples is not None:
-                self._measure_cache(trainer, index)
+            for index in self._selected_indices(trainer):
+                for batch_idx, batch in validation_batches(trainer, index):
+                    inputs, labels = self._input_of(batch, batch_idx, index)
+                    if self.max_samples is None:
+                        self._measure(trainer, inputs, labels, index)
+                        continue
+                    self._cache.add(inputs, labels, index)
+                    if self._cache.full(index):
+                        break
+                if self.max_samples is not None:
+                    self._measure_cache(trainer, index)
+        self._finish(trainer, "baseline")
 
     def _measure_cache(self, trainer: pl.Trainer, index: int) -> None:
-        """Close dataloader ``index``'s input cache (it is not filled again) and measure this process's share of it.
+        """Close dataloader ``index``'s input cache and measure this process's share of it.
 
         Under DDP the processes' caches are gathered and dealt back as consecutive shares of the first
-        ``max_samples`` inputs in the order one process reads them (see ``callbacks/_shares.py``), so every score
-        equals the one-process value. The fitted linear maps: the first half of those inputs fits them, the second
-        half is held out.
+        ``max_samples`` inputs in the order one process reads them (see ``callbacks/_shares.py``). The fitted linear
+        maps: the first half of those inputs fits them, the second half is held out.
         """
-        self._cache_complete.add(index)
         try:
-            share = my_share(self._cache.get(index, []), self.max_samples, _dataset_size(trainer, index))
+            share = my_share(self._cache.close(index), self.max_samples, dataset_size(trainer, index))
         except ValueError as error:
             rank_zero_warn(f"InvarianceMonitor: dataloader {index} has nothing to measure ({error}).")
             return
         if not any(score in LINEAR_SCORES for score in self.scores):
-            self._measure(share.inputs, share.labels, index)
+            self._measure(trainer, share.inputs, share.labels, index)
             return
         fit_count = min(max(share.total // 2 - share.start, 0), share.inputs.shape[0])  # in this process's share
-        self._measure(share.inputs[:fit_count], None if share.labels is None else share.labels[:fit_count], index)
+        labels = (None, None) if share.labels is None else (share.labels[:fit_count], share.labels[fit_count:])
+        self._measure(trainer, share.inputs[:fit_count], labels[0], index)
         for layer in self.layers:
             self._scores[(index, layer)].fit_linear_maps()
-        self._measure(share.inputs[fit_count:], None if share.labels is None else share.labels[fit_count:], index)
+        self._measure(trainer, share.inputs[fit_count:], labels[1], index)
 
-    def _write_tensorboard_extras(
-        self, trainer: pl.Trainer, per_element: dict[tuple[int, str], dict[str, list[float]]]
-    ) -> None:
-        if not trainer.is_global_zero:
+    # ----------------------------------------------------------------- results
+    def _finish(self, trainer: pl.Trainer, stage: str) -> dict[str, float]:
+        """Compute, log at the current step, record and draw one measurement; the logged values."""
+        values, keys, deviations = self._compute(trainer)
+        step = trainer.global_step
+        for logger in trainer.loggers if stage != "validate" else ():
+            logger.log_metrics(values, step=step)
+            logger.save()
+        self.history.append(
+            {"stage": stage, "epoch": trainer.current_epoch, "step": step, "values": values, "keys": keys}
+        )
+        if self._handoff.in_copy and trainer.is_global_zero:
+            self._handoff.write(self.history)
+        writers = tensorboard_writers(trainer.loggers) if trainer.is_global_zero else []
+        if writers and not self._layout_written:
+            self._write_layout(trainer, writers)
+        if writers and self._histograms_enabled:
+            write_histograms(writers, self.prefix, deviations, step)
+        measurements = sum(record["stage"] != "validate" for record in self.history)
+        if self._figures_enabled and stage != "validate" and (measurements - 1) % self.figure_every_n == 0:
+            self._write_figures(trainer)
+        return values
+
+    def _compute(
+        self, trainer: pl.Trainer
+    ) -> tuple[dict[str, float], dict[str, list[str]], dict[str, list[float]]]:
+        """Logged values, each name's ``[dataloader, layer, score]``, and the per-sample deviations per series."""
+        indices = self._selected_indices(trainer)
+        computed = {key: scores.compute() for key, scores in self._scores.items() if key[0] in indices}
+        reference = self._normalizing_index(indices)
+        values: dict[str, float] = {}
+        keys: dict[str, list[str]] = {}
+        deviations: dict[str, list[float]] = {}
+        for index in indices:
+            label = self._label(index, indices)
+            for layer in self._layer_order:
+                result = computed[(index, layer)]
+                self._warn_non_finite(layer, index, result)
+                scale = result["pair_mean"] if reference is None else computed[(reference, layer)]["pair_mean"]
+                result |= {
+                    "geed_normalized": result["geed"] / scale,
+                    "per_element_normalized": result["per_element"] / scale,
+                }
+                if "per_class" in result:
+                    result["per_class_normalized"] = result["per_class"] / scale
+
+                def add(score: str, value: float, layer: str = layer, label: str = label) -> None:
+                    name = self._name(layer, score, label)
+                    values[name], keys[name] = value, [label, layer, score]
+
+                for score in self.scores:
+                    for key in logged_keys(score):
+                        if key in result:
+                            add(key, float(result[key]))
+                    if score in PER_CLASS_KEYS and PER_CLASS_KEYS[score] in result:
+                        for c, value in enumerate(result[PER_CLASS_KEYS[score]].tolist()):
+                            add(f"{score}/class_{c}", value)
+                    per_element = {"geed": "per_element", "geed_normalized": "per_element_normalized"}.get(score)
+                    if self.log_per_element and per_element:
+                        for element, value in zip(self.group.names, result[per_element].tolist(), strict=True):
+                            add(f"{score}/{element}", value)
+                if "sample_deviations" in result:
+                    normalized = bool(torch.isfinite(scale)) and float(scale) > 0
+                    series = "sample_deviations_normalized" if normalized else "sample_deviations"
+                    sample = result["sample_deviations"] / (scale if normalized else 1.0)
+                    deviations[f"{layer}/{series}" + (f"/{label}" if label else "")] = sample.tolist()
+        return values, keys, deviations
+
+    def _normalizing_index(self, indices: Sequence[int]) -> int | None:
+        """The dataloader index of ``normalize_by``, checked against the measured ones."""
+        if self.normalize_by is None:
+            return None
+        by_name = {name: index for index, name in self.dataloader_names.items()}
+        index = by_name.get(self.normalize_by, self.normalize_by)  # type: ignore[call-overload]
+        if index not in indices:
+            raise MisconfigurationException(
+                f"InvarianceMonitor(normalize_by={self.normalize_by!r}) must name a measured dataloader: one of "
+                f"{[self.dataloader_names.get(i, i) for i in indices]}."
+            )
+        return index
+
+    def _warn_non_finite(self, layer: str, index: int, result: dict[str, Tensor]) -> None:
+        count = float(result.pop("non_finite"))
+        if count == 0 or layer in self._warned_non_finite:
             return
-        writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        self._warned_non_finite.add(layer)
+        what = "logs its scores as NaN" if self.non_finite == "nan" else "measures the other inputs"
+        rank_zero_warn(
+            f"InvarianceMonitor: layer {layer!r} produced NaN or infinite values for {int(count)} measured input(s) "
+            f"of dataloader {index}; non_finite={self.non_finite!r} {what} (this warning is shown once per layer)."
+        )
+
+    def _write_layout(self, trainer: pl.Trainer, writers: Sequence[Any]) -> None:
+        indices = self._selected_indices(trainer)
+        labels = [self._label(index, indices) for index in indices]
+        ordered = sorted(self.scores, key=lambda score: score != "geed_normalized")  # the headline chart first
+        charts = {
+            f"{key}, every layer": [
+                self._name(layer, key, label)
+                for label in labels
+                for layer in self._layer_order
+                if not (score == "consistency" and layer != OUTPUT)
+            ]
+            for score in ordered
+            for key in logged_keys(score)
+        }
+        setup = self._config() | {
+            "inputs per dataloader": "all" if self.max_samples is None else str(self.max_samples),
+            "every_n_epochs": str(self.every_n_epochs),
+            "geed": "mean distance between a transformed input's representation and the reference",
+            "geed_normalized": "geed / mean distance between different inputs' representations "
+            "(0: invariant; 1: a transformation moves it as far as swapping the input)",
+        }
+        for writer in writers:
+            writer.add_custom_scalars(scalars_layout(self.prefix, charts))
+        write_setup(writers, self.prefix, setup)
+        self._layout_written = True
+
+    def _write_figures(self, trainer: pl.Trainer) -> None:
+        writers = tensorboard_writers(trainer.loggers) if trainer.is_global_zero else []
         if not writers:
             return
-        if not self._layout_written:
-            indices = sorted({index for index, _ in per_element})
-            names = {
-                score: [
-                    metric_name(self.prefix, layer, score, i, len(indices))
-                    for i in indices
-                    for layer in self.layers
-                    if score != "consistency" or layer == OUTPUT
-                ]
-                for score in self.scores
-            }
-            for writer in writers:
-                writer.add_custom_scalars(scalars_layout(self.prefix, names))
-            self._layout_written = True
-        if self._histograms_enabled:
-            num_dataloaders = len({index for index, _ in per_element})
-            for (index, layer), details in per_element.items():
-                if "sample_deviations" not in details:
-                    continue
-                tag = metric_name(self.prefix, layer, "sample_deviations", index, num_dataloaders)
-                deviations = torch.tensor(details["sample_deviations"], dtype=torch.float32)
-                for writer in writers:
-                    writer.add_histogram(tag, deviations, global_step=trainer.global_step)
-        if not self._figures_enabled or (len(self.history) - 1) % self.figure_every_n:
-            return
-        score = "geed_normalized" if "geed_normalized" in self.scores else "geed"
-        indices = sorted({index for index, _ in per_element})
-        for index in indices:
-            per_layer = {layer: per_element[(index, layer)][score] for layer in self.layers}
-            title = f"{score} per element, epoch {trainer.current_epoch}"
-            if len(indices) > 1:
-                title += f", dataloader {index}"
-            figure = figure_of_per_element_scores(title, self.group.names, per_layer, score)
-            tag = metric_name(self.prefix, "figures", score, index, len(indices))
-            for writer in writers:
-                writer.add_figure(tag, figure, global_step=trainer.global_step, close=False)
+        rows = [row for row in self.history_rows() if row["stage"] != "validate"]
+        drawn = [s for s in self.scores if s not in FIGURE_SKIPS and not (s == "geed" and "geed_normalized" in self.scores)]
+        drawn = sorted(drawn or ["geed"], key=lambda score: score != "geed_normalized")
+        labels = list(dict.fromkeys(row["dataloader"] for row in rows))
+        write_figures(writers, self.prefix, rows, drawn, self._layer_order, labels, trainer.global_step)
+        self._figures_step = trainer.global_step
 
 
-def _dataset_size(trainer: pl.Trainer, index: int) -> int | None:
-    """The size of validation dataloader ``index``'s dataset (to drop a distributed sampler's padding), if known."""
-    loaders = trainer.val_dataloaders if trainer.state.fn == "fit" or trainer.validating else None
-    if loaders is None:
-        return None
-    loader = loaders[index] if isinstance(loaders, (list, tuple)) else loaders if index == 0 else None
-    try:
-        return len(loader.dataset)  # type: ignore[union-attr, arg-type]
-    except (AttributeError, TypeError):
-        return None
+class _Recorder:
+    """Feeds a layer's throwaway metrics during the shape check and records the order the layers run in."""
+
+    def __init__(self, scores: LayerScores, order: list[str]) -> None:
+        self.scores, self.order = scores, order
+
+    def update(self, features: Tensor, labels: Tensor | None = None) -> None:
+        self.order.append(self.scores.layer)
+        self.scores.update(features, labels)
+
+    def update_lie(self, features: Tensor, derivatives: Tensor) -> None:
+        self.scores.update_lie(features, derivatives)

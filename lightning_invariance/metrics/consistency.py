@@ -8,6 +8,7 @@ from torch import Tensor
 
 from lightning_invariance.functional.deviation import DEFAULT_NORMALIZER_WINDOW
 from lightning_invariance.groups.base import Group
+from lightning_invariance.metrics._checks import warn_nan
 from lightning_invariance.metrics.deviation import _DeviationMetric
 
 __all__ = ["PredictionConsistency"]
@@ -21,7 +22,16 @@ class PredictionConsistency(_DeviationMetric):
 
     The identity element counts in the average (it never flips), as in the G-EED. :meth:`compute_summary` returns
     ``consistency``, ``flip_rate`` (one minus it), ``per_element_consistency``, ``num_samples`` and
-    ``num_skipped``.
+    ``num_skipped``, and two numbers that say how much of the consistency is chance:
+
+    - ``chance_consistency``: how often two *different* inputs get the same label (each sample against the
+      ``normalizer_window - 1`` before it, as the G-EED normaliser pairs them). A model that predicts one class
+      for everything has consistency 1.0 and chance consistency 1.0.
+    - ``consistency_kappa`` (identity reference only): Cohen's kappa of the transformed copies' labels against the
+      untransformed ones, identity element left out, ``1 - flip_rate' / (1 - chance_consistency)``: 1 for a
+      perfectly invariant classifier, 0 when a transformation changes the label as often as swapping the input for
+      another one. NaN, with a warning, when every input gets the same label (no chance level to beat) or the group
+      has one element.
 
     As input to ``update``:
         - ``orbit_outputs`` (:class:`~torch.Tensor`): class scores ``(|G|, N, C)`` or integer labels ``(|G|, N)``.
@@ -60,10 +70,22 @@ class PredictionConsistency(_DeviationMetric):
     def _summary(self, warn: bool) -> dict[str, Tensor]:
         """Consistency, flip rate and per-element consistency from the discrete G-EED's statistics."""
         deviation = super()._summary(warn)
-        return {
+        chance_flip_rate = deviation["pair_mean"]
+        summary = {
             "consistency": 1.0 - deviation["geed"],
             "flip_rate": deviation["geed"],
             "per_element_consistency": 1.0 - deviation["per_element"],
+            "chance_consistency": 1.0 - chance_flip_rate,
             "num_samples": deviation["num_samples"],
             "num_skipped": deviation["num_skipped"],
         }
+        if self.reference != "identity":
+            return summary
+        transformed_flip_rate = deviation["per_element"][1:].mean()  # the identity never flips: left out
+        summary["consistency_kappa"] = 1.0 - transformed_flip_rate / chance_flip_rate
+        if warn and float(deviation["num_samples"]) > 1 and self.num_elements > 1 and float(chance_flip_rate) == 0:
+            warn_nan(
+                "Every input got the same predicted label, so prediction consistency is 1.0 by construction and its "
+                "chance-corrected `consistency_kappa` is NaN."
+            )
+        return summary
