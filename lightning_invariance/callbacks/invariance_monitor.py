@@ -234,6 +234,7 @@ class InvarianceMonitor(Callback):
         self._figures_enabled = self._histograms_enabled = False
         self._figures_step: int | None = None
         self._warned_non_finite: set[str] = set()
+        self._warned_nan: set[str] = set()
 
     # ----------------------------------------------------------------- what it measured
     @property
@@ -611,6 +612,7 @@ class InvarianceMonitor(Callback):
             label = self._label(index, indices)
             for layer in self._layer_order:
                 result = computed[(index, layer)]
+                non_finite = result["non_finite"]
                 self._warn_non_finite(layer, index, result)
                 scale = result["pair_mean"] if reference is None else computed[(reference, layer)]["pair_mean"]
                 result |= {
@@ -635,6 +637,8 @@ class InvarianceMonitor(Callback):
                     if self.log_per_element and per_element:
                         for element, value in zip(self.group.names, result[per_element].tolist(), strict=True):
                             add(f"{score}/{element}", value)
+                if float(non_finite) == 0:
+                    self._warn_nan(values, layer, label)
                 if "sample_deviations" in result:
                     normalized = bool(torch.isfinite(scale)) and float(scale) > 0
                     series = "sample_deviations_normalized" if normalized else "sample_deviations"
@@ -654,6 +658,17 @@ class InvarianceMonitor(Callback):
                 f"{[self.dataloader_names.get(i, i) for i in indices]}."
             )
         return index
+
+    def _warn_nan(self, values: Mapping[str, float], layer: str, label: str) -> None:
+        """Warn once per logged name that is NaN for lack of data (non-finite features have their own warning)."""
+        for name, value in values.items():
+            if value == value or name in self._warned_nan or not name.startswith(f"{self.prefix}/{layer}/"):
+                continue
+            self._warned_nan.add(name)
+            reason = "too few measured inputs"
+            if name.startswith(self._name(layer, "consistency_kappa", "")):
+                reason = "every input got the same predicted label, so its consistency is chance, not invariance"
+            rank_zero_warn(f"InvarianceMonitor: {name} is NaN ({reason}).", category=RuntimeWarning)
 
     def _warn_non_finite(self, layer: str, index: int, result: dict[str, Tensor]) -> None:
         count = float(result.pop("non_finite"))
