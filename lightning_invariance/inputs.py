@@ -29,8 +29,11 @@ def make_input_getter(input_key: str | int | Callable[[Any], Tensor] | None = No
 
 
 class _InputGetter:
-    """``batch -> input tensor`` for an index, a dict key or the defaults; a class, so a callback holding it pickles
-    (``ddp_spawn`` sends callbacks to its processes)."""
+    """``batch -> input tensor`` for an index, a dict key or the defaults.
+
+    A class rather than a closure, so that a callback holding it pickles (``ddp_spawn`` sends callbacks to its
+    processes).
+    """
 
     def __init__(self, input_key: str | int | None) -> None:
         self.input_key = input_key

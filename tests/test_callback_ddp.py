@@ -23,9 +23,9 @@ def test_ddp_two_processes_log_the_single_process_values(tmp_path):
     single = _run(tmp_path, 1)
     ddp = _run(tmp_path, 2)
     names = [name for name in single if name.startswith("invariance/")]
-    assert len(names) == 5
+    assert len(names) == 7  # consistency comes with its chance level and kappa
     for name in names:
-        assert ddp[name] == pytest.approx(single[name], rel=1e-6, abs=1e-7), name
+        assert ddp[name] == pytest.approx(single[name], rel=1e-6, abs=1e-7, nan_ok=True), name
     measures = [name for name in single if name.startswith("measures/")]
     assert len(measures) == 2 * (8 + 8)  # 8 scores and 4 per-class values of 2 scores, for two layers
     for name in measures:  # normalised and fitted-map scores included: the same 40 inputs, in the same order

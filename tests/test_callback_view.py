@@ -99,7 +99,8 @@ def test_named_dataloaders_and_a_reference_scale(tmp_path):
     assert values["invariance/output/geed_normalized/ood"] == pytest.approx(
         values["invariance/output/geed/ood"] / id_scale, rel=1e-9
     )
-    assert values["invariance/output/geed_normalized/id"] == pytest.approx(own_values["invariance/output/geed_normalized/id"])
+    own_id = own_values["invariance/output/geed_normalized/id"]
+    assert values["invariance/output/geed_normalized/id"] == pytest.approx(own_id)
     assert values["invariance/output/geed_normalized/ood"] != pytest.approx(
         own_values["invariance/output/geed_normalized/ood"], rel=1e-3
     )
@@ -129,7 +130,8 @@ def test_tidy_table_csv_export_and_csv_logger(tmp_path):
     trainer = _fit(tmp_path, monitor, logger=CSVLogger(tmp_path, name="csv", version=0))  # no figures: no crash
     rows = monitor.history_rows()
     assert {row["layer"] for row in rows} == {"net.features.2", "output"}
-    assert {row["score"] for row in rows} == {"geed_normalized", "consistency", "consistency_chance", "consistency_kappa"}
+    scores = {"geed_normalized", "consistency", "consistency_chance", "consistency_kappa"}
+    assert {row["score"] for row in rows} == scores
     assert all(set(row) == {"stage", "epoch", "step", "dataloader", "layer", "score", "value"} for row in rows)
     path = monitor.to_csv(tmp_path / "out" / "history.csv")
     with path.open() as file:

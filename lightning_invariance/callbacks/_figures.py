@@ -43,9 +43,7 @@ def _panels(dataloaders: Sequence[str], height: float = 3.4) -> tuple[Any, list[
     return figure, list(axes)
 
 
-def curves_figure(
-    rows: Sequence[dict[str, Any]], score: str, layers: Sequence[str], dataloaders: Sequence[str]
-) -> Any:
+def curves_figure(rows: Sequence[dict[str, Any]], score: str, layers: Sequence[str], dataloaders: Sequence[str]) -> Any:
     """``score`` against the training step, one coloured line per layer (legend in network order)."""
     import matplotlib
 

@@ -1,4 +1,4 @@
-"""What InvarianceMonitor measured: records, a tidy table of them, the end-of-fit summary, and the ``ddp_spawn`` handoff.
+"""What InvarianceMonitor measured: records, their tidy table, the end-of-fit summary, the ``ddp_spawn`` handoff.
 
 A record is ``{"stage", "epoch", "step", "values": {logged name: value}, "keys": {logged name: [dataloader, layer,
 score]}}``; ``stage`` is ``"baseline"`` (before training), ``"fit"`` or ``"validate"``.

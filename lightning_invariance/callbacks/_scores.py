@@ -23,7 +23,7 @@ from lightning_invariance.metrics import (
 )
 from lightning_invariance.probe import OUTPUT
 
-__all__ = ["DEVIATION_SCORES", "NON_FINITE", "SCORES", "LayerScores", "ScoreOptions", "logged_keys"]
+__all__ = ["DEVIATION_SCORES", "NON_FINITE", "SCORES", "LayerScores", "OrderRecorder", "ScoreOptions", "logged_keys"]
 
 #: Scores read off the deviation metric's summary.
 DEVIATION_SCORES = ("geed", "geed_normalized", "stderr", "max")
@@ -218,3 +218,17 @@ def _finite_samples(orbit_features: Tensor) -> Tensor | None:
     finite = torch.isfinite(orbit_features).reshape(orbit_features.shape[0], orbit_features.shape[1], -1)
     keep = finite.all(dim=2).all(dim=0)
     return None if bool(keep.all()) else keep
+
+
+class OrderRecorder:
+    """Feeds a layer's metrics and records the order the layers run in (the callback's check before training)."""
+
+    def __init__(self, scores: LayerScores, order: list[str]) -> None:
+        self.scores, self.order = scores, order
+
+    def update(self, features: Tensor, labels: Tensor | None = None) -> None:
+        self.order.append(self.scores.layer)
+        self.scores.update(features, labels)
+
+    def update_lie(self, features: Tensor, derivatives: Tensor) -> None:
+        self.scores.update_lie(features, derivatives)

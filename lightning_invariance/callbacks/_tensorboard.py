@@ -15,8 +15,25 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_invariance.callbacks._figures import curves_figure, depth_profile_figure
+from lightning_invariance.callbacks._results import Naming
+from lightning_invariance.callbacks._scores import logged_keys
+from lightning_invariance.probe import OUTPUT
 
-__all__ = ["exact_tag", "scalars_layout", "tensorboard_writers", "write_figures", "write_histograms", "write_setup"]
+__all__ = ["exact_tag", "scalars_layout", "tensorboard_writers", "write_figures", "write_histograms", "write_layout"]
+
+#: Scores left out of the figures (read them off the scalars).
+FIGURE_SKIPS = {"stderr", "max", "dead_units", "transformation_variance", "sample_variance"}
+#: Definitions written with the set-up.
+DEFINITIONS = {
+    "geed": "mean distance between a transformed input's representation and the reference",
+    "geed_normalized": "geed / mean distance between different inputs' representations (0: invariant; 1: a "
+    "transformation moves it as far as swapping the input)",
+}
+
+
+def headline_first(scores: Sequence[str]) -> list[str]:
+    """The scores with ``geed_normalized``, the one comparable across layers, first."""
+    return sorted(scores, key=lambda score: score != "geed_normalized")
 
 
 def tensorboard_writers(loggers: Sequence[Any]) -> list[Any]:
@@ -34,17 +51,33 @@ def scalars_layout(prefix: str, charts: Mapping[str, Sequence[str]]) -> dict[str
     return {prefix: {title: ["Multiline", [exact_tag(tag) for tag in tags]] for title, tags in charts.items() if tags}}
 
 
-def write_setup(writers: Sequence[Any], prefix: str, setup: Mapping[str, str]) -> None:
-    """A markdown table of the set-up (group, layers, distance, ...) as ``<prefix>/setup`` text."""
-    lines = ["| setting | value |", "|---|---|"]
-    lines += [f"| {key} | {str(value).replace('|', '/')} |" for key, value in setup.items()]
-    for writer in writers:
-        writer.add_text(f"{prefix}/setup", "\n".join(lines), global_step=0)
-
-
-def write_histograms(
-    writers: Sequence[Any], prefix: str, deviations: Mapping[str, Sequence[float]], step: int
+def write_layout(
+    writers: Sequence[Any],
+    naming: Naming,
+    scores: Sequence[str],
+    layers: Sequence[str],
+    labels: Sequence[str],
+    setup: Mapping[str, str],
 ) -> None:
+    """The custom-scalars layout (one chart per score, layers in network order) and the set-up as markdown text."""
+    charts = {
+        f"{key}, every layer": [
+            naming.name(layer, key, label)
+            for label in labels
+            for layer in layers
+            if not (score == "consistency" and layer != OUTPUT)
+        ]
+        for score in headline_first(scores)
+        for key in logged_keys(score)
+    }
+    lines = ["| setting | value |", "|---|---|"]
+    lines += [f"| {key} | {str(value).replace('|', '/')} |" for key, value in (dict(setup) | DEFINITIONS).items()]
+    for writer in writers:
+        writer.add_custom_scalars(scalars_layout(naming.prefix, charts))
+        writer.add_text(f"{naming.prefix}/setup", "\n".join(lines), global_step=0)
+
+
+def write_histograms(writers: Sequence[Any], prefix: str, deviations: Mapping[str, Sequence[float]], step: int) -> None:
     """One histogram of per-sample (normalised) deviations per ``{series name: values}``."""
     for name, values in deviations.items():
         tensor = torch.tensor(list(values), dtype=torch.float32)
@@ -58,11 +91,12 @@ def write_figures(
     rows: Sequence[dict[str, Any]],
     scores: Sequence[str],
     layers: Sequence[str],
-    dataloaders: Sequence[str],
     step: int,
 ) -> None:
-    """The depth profile and the per-layer curves of each score, from the tidy history rows."""
-    for score in scores:
+    """The depth profile and the per-layer curves of each requested score, from the tidy history rows."""
+    drawn = [s for s in scores if s not in FIGURE_SKIPS and not (s == "geed" and "geed_normalized" in scores)]
+    dataloaders = list(dict.fromkeys(row["dataloader"] for row in rows))
+    for score in headline_first(drawn or ["geed"]):
         for kind, draw in (("depth_profile", depth_profile_figure), ("curves", curves_figure)):
             figure = draw(rows, score, layers, dataloaders)
             for writer in writers:

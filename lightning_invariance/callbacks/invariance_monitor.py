@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -37,21 +36,22 @@ from lightning_invariance.callbacks._checks import (
 )
 from lightning_invariance.callbacks._figures import has_matplotlib
 from lightning_invariance.callbacks._history import SpawnHandoff, summary_table, tidy_rows, write_csv
+from lightning_invariance.callbacks._results import Measurement, Naming, normalizing_index, read_scores
 from lightning_invariance.callbacks._scores import (
     LINEAR_SCORES,
     NON_FINITE,
     SCORES,
     LayerScores,
+    OrderRecorder,
     ScoreOptions,
     logged_keys,
 )
 from lightning_invariance.callbacks._shares import cache_size, my_share
 from lightning_invariance.callbacks._tensorboard import (
-    scalars_layout,
     tensorboard_writers,
     write_figures,
     write_histograms,
-    write_setup,
+    write_layout,
 )
 from lightning_invariance.functional.distances import DISTANCES, REFERENCES
 from lightning_invariance.groups.actions import RepresentationAction
@@ -61,11 +61,6 @@ from lightning_invariance.lie_probe import LieProbe
 from lightning_invariance.probe import OUTPUT, Probe, resolve_layers
 
 __all__ = ["InvarianceMonitor"]
-
-#: The summary entry holding the per-class values of a score that has them.
-PER_CLASS_KEYS = {"geed": "per_class", "geed_normalized": "per_class_normalized"}
-#: Scores drawn in the figures (the others are read off the scalars).
-FIGURE_SKIPS = {"stderr", "max", "dead_units", "transformation_variance", "sample_variance"}
 
 
 class InvarianceMonitor(Callback):
@@ -233,8 +228,8 @@ class InvarianceMonitor(Callback):
         self._layout_written = False
         self._figures_enabled = self._histograms_enabled = False
         self._figures_step: int | None = None
-        self._warned_non_finite: set[str] = set()
-        self._warned_nan: set[str] = set()
+        self._warned: set[str] = set()  # layers and names already warned about
+        self._naming = Naming(prefix, self.dataloader_names)
 
     # ----------------------------------------------------------------- what it measured
     @property
@@ -346,7 +341,7 @@ class InvarianceMonitor(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._validation_data_ready(trainer):
             if self.measure_before_training:
-                rank_zero_warn("InvarianceMonitor(measure_before_training=True): there is no validation data to measure.")
+                rank_zero_warn("InvarianceMonitor(measure_before_training=True): there is no validation data.")
             return
         self._check_one_batch(trainer, pl_module)
         if self.measure_before_training and not self._baseline_done:
@@ -424,15 +419,6 @@ class InvarianceMonitor(Callback):
                 f"{len(available)} validation dataloader(s) (indices 0..{len(available) - 1})."
             )
         return list(self.dataloaders)
-
-    def _label(self, index: int, indices: Sequence[int]) -> str:
-        """How dataloader ``index`` ends the logged names: its name, its index when there are several, or nothing."""
-        if index in self.dataloader_names:
-            return self.dataloader_names[index]
-        return f"dataloader_idx_{index}" if len(indices) > 1 else ""
-
-    def _name(self, layer: str, score: str, label: str) -> str:
-        return f"{self.prefix}/{layer}/{score}" + (f"/{label}" if label else "")
 
     def _score_options(self, layer: str, keep_sample_deviations: bool) -> ScoreOptions:
         return ScoreOptions(
@@ -532,7 +518,7 @@ class InvarianceMonitor(Callback):
                 for layer in self.layers:
                     throwaway[layer] = LayerScores.create(layer, self._score_options(layer, False), pl_module.device)
                     throwaway[layer].reset()
-                recording = {layer: _Recorder(scores, order) for layer, scores in throwaway.items()}
+                recording = {layer: OrderRecorder(scores, order) for layer, scores in throwaway.items()}
                 self._measure(trainer, inputs[:2], None if labels is None else labels[:2], index, recording)
         self._layer_order = list(dict.fromkeys(order)) or self._layer_order
 
@@ -578,13 +564,13 @@ class InvarianceMonitor(Callback):
     # ----------------------------------------------------------------- results
     def _finish(self, trainer: pl.Trainer, stage: str) -> dict[str, float]:
         """Compute, log at the current step, record and draw one measurement; the logged values."""
-        values, keys, deviations = self._compute(trainer)
-        step = trainer.global_step
+        measurement = self._compute(trainer)
+        values, step = measurement.values, trainer.global_step
         for logger in trainer.loggers if stage != "validate" else ():
             logger.log_metrics(values, step=step)
             logger.save()
         self.history.append(
-            {"stage": stage, "epoch": trainer.current_epoch, "step": step, "values": values, "keys": keys}
+            {"stage": stage, "epoch": trainer.current_epoch, "step": step, "values": values, "keys": measurement.keys}
         )
         if self._handoff.in_copy and trainer.is_global_zero:
             self._handoff.write(self.history)
@@ -592,142 +578,49 @@ class InvarianceMonitor(Callback):
         if writers and not self._layout_written:
             self._write_layout(trainer, writers)
         if writers and self._histograms_enabled:
-            write_histograms(writers, self.prefix, deviations, step)
+            write_histograms(writers, self.prefix, measurement.deviations, step)
         measurements = sum(record["stage"] != "validate" for record in self.history)
         if self._figures_enabled and stage != "validate" and (measurements - 1) % self.figure_every_n == 0:
             self._write_figures(trainer)
         return values
 
-    def _compute(
-        self, trainer: pl.Trainer
-    ) -> tuple[dict[str, float], dict[str, list[str]], dict[str, list[float]]]:
-        """Logged values, each name's ``[dataloader, layer, score]``, and the per-sample deviations per series."""
+    def _compute(self, trainer: pl.Trainer) -> Measurement:
         indices = self._selected_indices(trainer)
         computed = {key: scores.compute() for key, scores in self._scores.items() if key[0] in indices}
-        reference = self._normalizing_index(indices)
-        values: dict[str, float] = {}
-        keys: dict[str, list[str]] = {}
-        deviations: dict[str, list[float]] = {}
-        for index in indices:
-            label = self._label(index, indices)
-            for layer in self._layer_order:
-                result = computed[(index, layer)]
-                non_finite = result["non_finite"]
-                self._warn_non_finite(layer, index, result)
-                scale = result["pair_mean"] if reference is None else computed[(reference, layer)]["pair_mean"]
-                result |= {
-                    "geed_normalized": result["geed"] / scale,
-                    "per_element_normalized": result["per_element"] / scale,
-                }
-                if "per_class" in result:
-                    result["per_class_normalized"] = result["per_class"] / scale
-
-                def add(score: str, value: float, layer: str = layer, label: str = label) -> None:
-                    name = self._name(layer, score, label)
-                    values[name], keys[name] = value, [label, layer, score]
-
-                for score in self.scores:
-                    for key in logged_keys(score):
-                        if key in result:
-                            add(key, float(result[key]))
-                    if score in PER_CLASS_KEYS and PER_CLASS_KEYS[score] in result:
-                        for c, value in enumerate(result[PER_CLASS_KEYS[score]].tolist()):
-                            add(f"{score}/class_{c}", value)
-                    per_element = {"geed": "per_element", "geed_normalized": "per_element_normalized"}.get(score)
-                    if self.log_per_element and per_element:
-                        for element, value in zip(self.group.names, result[per_element].tolist(), strict=True):
-                            add(f"{score}/{element}", value)
-                if float(non_finite) == 0:
-                    self._warn_nan(values, layer, label)
-                if "sample_deviations" in result:
-                    normalized = bool(torch.isfinite(scale)) and float(scale) > 0
-                    series = "sample_deviations_normalized" if normalized else "sample_deviations"
-                    sample = result["sample_deviations"] / (scale if normalized else 1.0)
-                    deviations[f"{layer}/{series}" + (f"/{label}" if label else "")] = sample.tolist()
-        return values, keys, deviations
-
-    def _normalizing_index(self, indices: Sequence[int]) -> int | None:
-        """The dataloader index of ``normalize_by``, checked against the measured ones."""
-        if self.normalize_by is None:
-            return None
-        by_name = {name: index for index, name in self.dataloader_names.items()}
-        index = by_name.get(self.normalize_by, self.normalize_by)  # type: ignore[call-overload]
-        if index not in indices:
-            raise MisconfigurationException(
-                f"InvarianceMonitor(normalize_by={self.normalize_by!r}) must name a measured dataloader: one of "
-                f"{[self.dataloader_names.get(i, i) for i in indices]}."
-            )
-        return index
-
-    def _warn_nan(self, values: Mapping[str, float], layer: str, label: str) -> None:
-        """Warn once per logged name that is NaN for lack of data (non-finite features have their own warning)."""
-        for name, value in values.items():
-            if value == value or name in self._warned_nan or not name.startswith(f"{self.prefix}/{layer}/"):
-                continue
-            self._warned_nan.add(name)
-            reason = "too few measured inputs"
-            if name.startswith(self._name(layer, "consistency_kappa", "")):
-                reason = "every input got the same predicted label, so its consistency is chance, not invariance"
-            rank_zero_warn(f"InvarianceMonitor: {name} is NaN ({reason}).", category=RuntimeWarning)
-
-    def _warn_non_finite(self, layer: str, index: int, result: dict[str, Tensor]) -> None:
-        count = float(result.pop("non_finite"))
-        if count == 0 or layer in self._warned_non_finite:
-            return
-        self._warned_non_finite.add(layer)
-        what = "logs its scores as NaN" if self.non_finite == "nan" else "measures the other inputs"
-        rank_zero_warn(
-            f"InvarianceMonitor: layer {layer!r} produced NaN or infinite values for {int(count)} measured input(s) "
-            f"of dataloader {index}; non_finite={self.non_finite!r} {what} (this warning is shown once per layer)."
+        reference = normalizing_index(self.normalize_by, self.dataloader_names, indices)
+        element_names = self.group.names if self.log_per_element else None
+        measurement = read_scores(
+            computed, indices, self._layer_order, self.scores, self._naming, reference, element_names
         )
+        for layer, (index, count) in measurement.non_finite.items():
+            if layer not in self._warned:
+                what = "logs its scores as NaN" if self.non_finite == "nan" else "measures the other inputs"
+                rank_zero_warn(
+                    f"InvarianceMonitor: layer {layer!r} produced NaN or infinite values for {count} measured "
+                    f"input(s) of dataloader {index}; non_finite={self.non_finite!r} {what} (shown once per layer)."
+                )
+        for name in measurement.nan_names:
+            if name not in self._warned:
+                reason = "too few measured inputs"
+                if "/consistency_kappa" in name:
+                    reason = "every input got the same predicted label, so its consistency is chance, not invariance"
+                rank_zero_warn(f"InvarianceMonitor: {name} is NaN ({reason}).", category=RuntimeWarning)
+        self._warned |= set(measurement.non_finite) | set(measurement.nan_names)
+        return measurement
 
     def _write_layout(self, trainer: pl.Trainer, writers: Sequence[Any]) -> None:
         indices = self._selected_indices(trainer)
-        labels = [self._label(index, indices) for index in indices]
-        ordered = sorted(self.scores, key=lambda score: score != "geed_normalized")  # the headline chart first
-        charts = {
-            f"{key}, every layer": [
-                self._name(layer, key, label)
-                for label in labels
-                for layer in self._layer_order
-                if not (score == "consistency" and layer != OUTPUT)
-            ]
-            for score in ordered
-            for key in logged_keys(score)
-        }
+        labels = [self._naming.label(index, indices) for index in indices]
         setup = self._config() | {
             "inputs per dataloader": "all" if self.max_samples is None else str(self.max_samples),
             "every_n_epochs": str(self.every_n_epochs),
-            "geed": "mean distance between a transformed input's representation and the reference",
-            "geed_normalized": "geed / mean distance between different inputs' representations "
-            "(0: invariant; 1: a transformation moves it as far as swapping the input)",
         }
-        for writer in writers:
-            writer.add_custom_scalars(scalars_layout(self.prefix, charts))
-        write_setup(writers, self.prefix, setup)
+        write_layout(writers, self._naming, self.scores, self._layer_order, labels, setup)
         self._layout_written = True
 
     def _write_figures(self, trainer: pl.Trainer) -> None:
         writers = tensorboard_writers(trainer.loggers) if trainer.is_global_zero else []
-        if not writers:
-            return
-        rows = [row for row in self.history_rows() if row["stage"] != "validate"]
-        drawn = [s for s in self.scores if s not in FIGURE_SKIPS and not (s == "geed" and "geed_normalized" in self.scores)]
-        drawn = sorted(drawn or ["geed"], key=lambda score: score != "geed_normalized")
-        labels = list(dict.fromkeys(row["dataloader"] for row in rows))
-        write_figures(writers, self.prefix, rows, drawn, self._layer_order, labels, trainer.global_step)
+        if writers:
+            rows = [row for row in self.history_rows() if row["stage"] != "validate"]
+            write_figures(writers, self.prefix, rows, self.scores, self._layer_order, trainer.global_step)
         self._figures_step = trainer.global_step
-
-
-class _Recorder:
-    """Feeds a layer's throwaway metrics during the shape check and records the order the layers run in."""
-
-    def __init__(self, scores: LayerScores, order: list[str]) -> None:
-        self.scores, self.order = scores, order
-
-    def update(self, features: Tensor, labels: Tensor | None = None) -> None:
-        self.order.append(self.scores.layer)
-        self.scores.update(features, labels)
-
-    def update_lie(self, features: Tensor, derivatives: Tensor) -> None:
-        self.scores.update_lie(features, derivatives)
