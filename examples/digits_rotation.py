@@ -91,8 +91,8 @@ def main() -> None:
     print(" consistency: fraction of (digit, rotation) pairs whose predicted label matches the upright prediction)")
     print(f"\nTensorBoard logs: {Path(results[False]['log_dir']).parent.resolve()}")
     print(f"View the curves:  tensorboard --logdir {args.logdir.resolve()}")
-    print("(SCALARS: invariance/<layer>/<score> per run; CUSTOM SCALARS: all layers on one chart; IMAGES: per-element;")
-    print(" HISTOGRAMS: each input's deviation, invariance/<layer>/sample_deviations)")
+    print("(CUSTOM SCALARS: one chart per score, every layer; SCALARS: invariance/<layer>/<score> per run;")
+    print(" IMAGES: invariance_figures/curves and depth_profile; HISTOGRAMS: each input's normalised deviation)")
 
 
 if __name__ == "__main__":

@@ -24,5 +24,5 @@ def test_quick_start_runs_as_is(tmp_path):
     with (tmp_path / "runs" / "invariance.csv").open() as file:
         rows = list(csv.DictReader(file))
     layers = {row["layer"] for row in rows}
-    assert layers == {"net.1", "net.3", "net.6", "output"}
+    assert layers == {"net.1", "net.3", "net.5", "output"}
     assert {row["stage"] for row in rows} == {"baseline", "fit"}
