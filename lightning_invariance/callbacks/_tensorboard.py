@@ -97,7 +97,10 @@ def write_figures(
     drawn = [s for s in scores if s not in FIGURE_SKIPS and not (s == "geed" and "geed_normalized" in scores)]
     dataloaders = list(dict.fromkeys(row["dataloader"] for row in rows))
     for score in headline_first(drawn or ["geed"]):
+        measured = [layer for layer in layers if any(r["layer"] == layer and r["score"] == score for r in rows)]
         for kind, draw in (("depth_profile", depth_profile_figure), ("curves", curves_figure)):
-            figure = draw(rows, score, layers, dataloaders)
+            if kind == "depth_profile" and len(measured) < 2:
+                continue  # one layer (consistency: the output) has no profile
+            figure = draw(rows, score, measured, dataloaders)
             for writer in writers:
                 writer.add_figure(f"{prefix}_figures/{kind}/{score}", figure, global_step=step, close=False)
