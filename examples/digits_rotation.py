@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_invariance import InvarianceMonitor
+from lightning_invariance.callbacks import curves_figure, depth_profile_figure
 from lightning_invariance.groups import CyclicRotation
 
 from _digits import DigitsClassifier, loaders, small_cnn
@@ -55,6 +56,7 @@ def train(augment: bool, epochs: int, logdir: Path, seed: int = 0, quiet: bool =
         log_every_n_steps=5,
     )
     trainer.fit(model, train_loader, val_loader)
+    monitor.to_csv(Path(logger.log_dir) / "invariance.csv")
     last = monitor.history[-1]["values"]
     return {
         "output_geed": last["invariance/output/geed"],
@@ -64,7 +66,19 @@ def train(augment: bool, epochs: int, logdir: Path, seed: int = 0, quiet: bool =
         "consistency": last["invariance/output/consistency"],
         "val_acc": float(trainer.callback_metrics["val_acc"]),
         "log_dir": logger.log_dir,
+        "rows": [row | {"dataloader": name} for row in monitor.history_rows()],  # the run names the panel
     }
+
+
+def save_figures(rows: list[dict], out_dir: Path) -> list[Path]:
+    """Plain and augmented side by side: each layer's normalised G-EED during training, and through the network."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for kind, draw in (("curves", curves_figure), ("depth_profile", depth_profile_figure)):
+        figure = draw(rows, "geed_normalized", LAYERS, ["plain", "augmented"])
+        paths.append(out_dir / f"{kind}.png")
+        figure.savefig(paths[-1], dpi=100)
+    return paths
 
 
 def main() -> None:
@@ -87,9 +101,12 @@ def main() -> None:
             f"{r['output_geed_normalized']:>19.4f} {r['embedding_geed_normalized']:>10.4f} "
             f"{r['inner_geed_normalized']:>8.4f} {r['consistency']:>12.3f}"
         )
+    figures = save_figures(results[False]["rows"] + results[True]["rows"], args.logdir / "digits_rotation" / "figures")
     print("\n(normalised G-EED: 0 = invariant, 1 = rotating moves the representation as far as swapping the digit;")
     print(" consistency: fraction of (digit, rotation) pairs whose predicted label matches the upright prediction)")
-    print(f"\nTensorBoard logs: {Path(results[False]['log_dir']).parent.resolve()}")
+    print(f"\nFigures: {', '.join(str(path.resolve()) for path in figures)}")
+    print(f"Every value: {(Path(results[False]['log_dir']) / 'invariance.csv').resolve()} (and the augmented run's)")
+    print(f"TensorBoard logs: {Path(results[False]['log_dir']).parent.resolve()}")
     print(f"View the curves:  tensorboard --logdir {args.logdir.resolve()}")
     print("(CUSTOM SCALARS: one chart per score, every layer; SCALARS: invariance/<layer>/<score> per run;")
     print(" IMAGES: invariance_figures/curves and depth_profile; HISTOGRAMS: each input's normalised deviation)")

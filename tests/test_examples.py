@@ -1,6 +1,8 @@
 """The examples run offline and show what they claim (short trainings, so the suite stays fast)."""
 
+import csv
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -25,7 +27,10 @@ def test_augmentation_makes_the_digits_model_more_invariant(tmp_path):
     assert augmented["output_geed_normalized"] < plain["output_geed_normalized"] - 0.2
     assert augmented["output_geed"] < 0.5 * plain["output_geed"]
     assert augmented["consistency"] > plain["consistency"]
-    assert (tmp_path / "digits_rotation" / "augmented").is_dir()
+    assert (tmp_path / "digits_rotation" / "augmented" / "invariance.csv").is_file()
+    if importlib.util.find_spec("matplotlib"):
+        for path in digits.save_figures(plain["rows"] + augmented["rows"], tmp_path / "figures"):
+            assert path.stat().st_size > 10_000
 
 
 def test_e2cnn_example_is_equivariant_and_plain_cnn_is_not(tmp_path):
@@ -70,16 +75,21 @@ def test_standalone_example_prints_its_claims(capsys):
     assert deepset < 1e-5 and symmetric < 1e-5 and mlp > 0.1
 
 
-def test_paper_questions_write_tables_and_figures(tmp_path, capsys):
+def test_paper_questions_write_tables_figures_and_every_value(tmp_path, capsys):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
-    _example("paper_questions").main(["--epochs", "2", "--logdir", str(tmp_path)])
+    _example("paper_questions").main(["--epochs", "2", "--seeds", "1", "--logdir", str(tmp_path)])
     out_dir = tmp_path / "paper_questions"
     tables = (out_dir / "tables.md").read_text()
-    for title in ("(a) Augmentation vs none", "(b) Pre-trained vs scratch", "(c) In distribution"):
+    for title in ("(a) Augmentation vs none", "(b) Pre-trained vs scratch", "(c) Learned invariance in and out"):
         assert title in tables
-    assert "output Lie derivative" in tables and "relu2 fitted linear" in tables
+    assert "output Lie derivative" in tables and "relu2 fitted linear" in tables and " ± " in tables
     assert tables.count("\n| ") == 3 * 1 + 2 + 2 + 4  # three headers and 2 + 2 + 4 rows
+    assert "augmented, digits 5-9 (out of distribution)" in tables
     for key in "abc":
         assert (out_dir / f"question_{key}.png").stat().st_size > 10_000
-    assert "(c) In distribution vs out of distribution" in capsys.readouterr().out
+    with (out_dir / "history.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert {row["run"] for row in rows} >= {"a_plain", "c_augmented"} and {row["seed"] for row in rows} == {"0"}
+    assert {row["dataloader"] for row in rows if row["run"] == "c_augmented"} == {"id", "ood"}
+    assert "(c) Learned invariance" in capsys.readouterr().out

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_invariance.callbacks._figures import curves_figure, depth_profile_figure
 from lightning_invariance.callbacks._results import Naming
 from lightning_invariance.callbacks._scores import logged_keys
+from lightning_invariance.callbacks.figures import curves_figure, depth_profile_figure
 from lightning_invariance.probe import OUTPUT
 
 __all__ = ["exact_tag", "scalars_layout", "tensorboard_writers", "write_figures", "write_histograms", "write_layout"]

@@ -3,7 +3,7 @@
 Every N validation runs it measures the G-EED under a group of transformations and logs it to every Lightning
 logger. The jobs around the hooks live beside this file: argument checks (``_checks``), reading and caching the
 validation inputs (``_batches``, ``_shares``), the metrics per layer (``_scores``), the history and its tables
-(``_history``), and TensorBoard's layout, figures and histograms (``_tensorboard``, ``_figures``).
+(``_history``), and TensorBoard's layout, figures and histograms (``_tensorboard``, ``figures``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from lightning_invariance.callbacks._checks import (
     check_options,
     check_positive,
 )
-from lightning_invariance.callbacks._figures import has_matplotlib
 from lightning_invariance.callbacks._history import SpawnHandoff, summary_table, tidy_rows, write_csv
 from lightning_invariance.callbacks._results import Measurement, Naming, normalizing_index, read_scores
 from lightning_invariance.callbacks._scores import (
@@ -53,6 +52,7 @@ from lightning_invariance.callbacks._tensorboard import (
     write_histograms,
     write_layout,
 )
+from lightning_invariance.callbacks.figures import has_matplotlib
 from lightning_invariance.functional.distances import DISTANCES, REFERENCES
 from lightning_invariance.groups.actions import RepresentationAction
 from lightning_invariance.groups.base import Group

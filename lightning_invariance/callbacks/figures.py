@@ -1,8 +1,18 @@
 """The figures InvarianceMonitor draws (TensorBoard cannot): score curves per layer, and the depth profile.
 
-Both read the tidy rows of the history (``_history.tidy_rows``) and put dataloaders side by side on a shared y axis.
-Built on ``matplotlib.figure.Figure`` (no pyplot state, no backend switch). Needs matplotlib (the ``examples``
-extra).
+Both read tidy rows (``InvarianceMonitor.history_rows()``) and draw one panel per value of the rows' ``dataloader``
+column, side by side on a shared y axis; to compare runs, put the run's name in that column. They return a
+``matplotlib.figure.Figure`` (no pyplot state, no backend switch): ``figure.savefig("curves.png")``. Needs
+matplotlib (the ``examples`` extra).
+
+Example:
+    >>> rows = [
+    ...     {"stage": "fit", "epoch": e, "step": 10 * e, "dataloader": "", "layer": layer, "score": "geed", "value": v}
+    ...     for e in range(3)
+    ...     for layer, v in (("conv", 0.8), ("output", 0.5 / (e + 1)))
+    ... ]
+    >>> figure = curves_figure(rows, "geed", ["conv", "output"], [""])
+    >>> figure = depth_profile_figure(rows, "geed", ["conv", "output"], [""])
 """
 
 from __future__ import annotations
@@ -10,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["curves_figure", "depth_profile_figure", "has_matplotlib"]
+__all__ = ["curves_figure", "depth_profile_figure"]
 
 #: Markers cycled with the colours, so that layers stay apart in print and for colour-blind readers.
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -31,25 +41,25 @@ def _when(row: dict[str, Any]) -> tuple[int, str]:
     return row["epoch"], f"epoch {row['epoch']}"
 
 
-def _panels(dataloaders: Sequence[str], height: float = 3.4) -> tuple[Any, list[Any]]:
+def _panels(panels: Sequence[str], height: float = 3.4) -> tuple[Any, list[Any]]:
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(5.2 * len(dataloaders) + 1.8, height), layout="constrained")
-    axes = figure.subplots(1, len(dataloaders), sharey=True, squeeze=False)[0]
-    for ax, name in zip(axes, dataloaders, strict=True):
+    figure = Figure(figsize=(5.2 * len(panels) + 1.8, height), layout="constrained")
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, name in zip(axes, panels, strict=True):
         if name:
             ax.set_title(name, fontsize=11)
         ax.grid(alpha=0.3)
     return figure, list(axes)
 
 
-def curves_figure(rows: Sequence[dict[str, Any]], score: str, layers: Sequence[str], dataloaders: Sequence[str]) -> Any:
-    """``score`` against the training step, one coloured line per layer (legend in network order)."""
+def curves_figure(rows: Sequence[dict[str, Any]], score: str, layers: Sequence[str], panels: Sequence[str]) -> Any:
+    """``score`` against the training step, one coloured line per layer (legend in ``layers`` order)."""
     import matplotlib
 
     colours = matplotlib.colormaps["tab10"]
-    figure, axes = _panels(dataloaders)
-    for ax, dataloader in zip(axes, dataloaders, strict=True):
+    figure, axes = _panels(panels)
+    for ax, dataloader in zip(axes, panels, strict=True):
         for k, layer in enumerate(layers):
             points = sorted(
                 (row["step"], row["value"])
@@ -68,15 +78,15 @@ def curves_figure(rows: Sequence[dict[str, Any]], score: str, layers: Sequence[s
 
 
 def depth_profile_figure(
-    rows: Sequence[dict[str, Any]], score: str, layers: Sequence[str], dataloaders: Sequence[str]
+    rows: Sequence[dict[str, Any]], score: str, layers: Sequence[str], panels: Sequence[str]
 ) -> Any:
-    """``score`` against the layer, in network order, one line per measurement coloured from early to late."""
+    """``score`` against the layer, in ``layers`` order, one line per measurement coloured from early to late."""
     import matplotlib
 
     whens = sorted({_when(row) for row in rows if row["score"] == score})
     colours = matplotlib.colormaps["viridis"]
-    figure, axes = _panels(dataloaders, height=3.8)
-    for ax, dataloader in zip(axes, dataloaders, strict=True):
+    figure, axes = _panels(panels, height=3.8)
+    for ax, dataloader in zip(axes, panels, strict=True):
         for k, (key, label) in enumerate(whens):
             by_layer = {
                 row["layer"]: row["value"]
