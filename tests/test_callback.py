@@ -134,7 +134,7 @@ def test_dict_batch_and_max_samples_smaller_than_a_batch(tmp_path):
     trainer.fit(model)
     inputs = synthetic_images(48, seed=10).tensors[0][:5]
     assert monitor.history[-1]["values"]["invariance/output/geed"] == pytest.approx(_probe_value(model, inputs), 1e-5)
-    assert monitor._scores[(0, "output")].deviation.num_samples.item() == 5
+    assert monitor._measurer.scores[(0, "output")].deviation.num_samples.item() == 5
 
 
 def test_baseline_and_per_element_scalars(tmp_path):

@@ -1,17 +1,17 @@
 """InvarianceMonitor: invariance and equivariance curves of the model and its layers while it trains.
 
 Every N validation runs it measures the G-EED under a group of transformations and logs it to every Lightning
-logger. The jobs around the hooks live beside this file: argument checks (``_checks``), reading and caching the
-validation inputs (``_batches``, ``_shares``), the metrics per layer (``_scores``), the history and its tables
+logger. The jobs around the hooks live beside this file: argument checks (``_checks``), running the orbits and
+feeding the metrics (``_measuring``), reading and caching the validation inputs (``_batches``, ``_shares``), the
+metrics per layer (``_scores``), the logged values and names (``_results``), the history and its tables
 (``_history``), and TensorBoard's layout, figures and histograms (``_tensorboard``, ``figures``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,6 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_invariance._rng import cuda_indices, fork_rng
-from lightning_invariance.callbacks._batches import InputCache, dataset_size, validation_batches
 from lightning_invariance.callbacks._checks import (
     check_dataloaders,
     check_group,
@@ -35,17 +33,13 @@ from lightning_invariance.callbacks._checks import (
     check_positive,
 )
 from lightning_invariance.callbacks._history import SpawnHandoff, summary_table, tidy_rows, write_csv
+from lightning_invariance.callbacks._measuring import Measurer, MeasureSettings
 from lightning_invariance.callbacks._results import Measurement, Naming, normalizing_index, read_scores
 from lightning_invariance.callbacks._scores import (
-    LINEAR_SCORES,
     NON_FINITE,
     SCORES,
-    LayerScores,
-    OrderRecorder,
-    ScoreOptions,
     logged_keys,
 )
-from lightning_invariance.callbacks._shares import cache_size, my_share
 from lightning_invariance.callbacks._tensorboard import (
     tensorboard_writers,
     write_figures,
@@ -57,8 +51,7 @@ from lightning_invariance.functional.distances import DISTANCES, REFERENCES
 from lightning_invariance.groups.actions import RepresentationAction
 from lightning_invariance.groups.base import Group
 from lightning_invariance.inputs import make_input_getter, make_target_getter
-from lightning_invariance.lie_probe import LieProbe
-from lightning_invariance.probe import OUTPUT, Probe, resolve_layers
+from lightning_invariance.probe import OUTPUT, resolve_layers
 
 __all__ = ["InvarianceMonitor"]
 
@@ -212,19 +205,29 @@ class InvarianceMonitor(Callback):
         self.prefix, self.print_summary = prefix, print_summary
         self.lie_generator, self.num_classes, self.border_mask = lie_generator, num_classes, border_mask
         self.log_histograms = log_histograms
-        self._get_input = make_input_getter(input_key)
-        self._get_target = make_target_getter(target_key) if num_classes is not None else None
 
         self._history: list[dict[str, Any]] = []
         self._handoff = SpawnHandoff()
         self._fit_validation_runs = 0
         self._baseline_done = False
         self._measuring_now = False
-        self._probe: Probe | None = None
-        self._lie_probe: LieProbe | None = None
-        self._scores: dict[tuple[int, str], LayerScores] = {}
-        self._cache = InputCache(0)
-        self._layer_order = list(self.layers)
+        self._settings = MeasureSettings(
+            group,
+            self.layers,
+            self.actions,
+            self.scores,
+            distance,
+            self.reference,
+            num_classes,
+            border_mask,
+            non_finite,
+            max_samples,
+            chunk_size,
+            lie_generator,
+            make_input_getter(input_key),
+            make_target_getter(target_key) if num_classes is not None else None,
+        )
+        self._measurer: Measurer  # built in `setup`, per run
         self._layout_written = False
         self._figures_enabled = self._histograms_enabled = False
         self._figures_step: int | None = None
@@ -321,13 +324,6 @@ class InvarianceMonitor(Callback):
         except ValueError as error:
             raise MisconfigurationException(f"InvarianceMonitor: {error}") from error
         check_monitoring_callbacks(trainer, self.prefix, self.every_n_epochs)
-        self._probe = Probe(pl_module, self.group, self.layers, chunk_size=self.chunk_size)
-        if self.lie_generator is not None:
-            equivariant = [layer for layer, action in self.actions.items() if action is not None]
-            self._lie_probe = LieProbe(pl_module, self.lie_generator, self.layers, equivariant, self.chunk_size)
-        # inputs are cached per run: a later `validate(dataloaders=...)` must not measure fit's inputs
-        self._scores = {}
-        self._cache = InputCache(0 if self.max_samples is None else cache_size(self.max_samples, trainer.world_size))
         tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
         if self.log_figures and not (tensorboard and has_matplotlib()):
             missing = "a TensorBoardLogger" if not tensorboard else "matplotlib (pip install matplotlib)"
@@ -336,6 +332,7 @@ class InvarianceMonitor(Callback):
         if self.log_histograms and not tensorboard:
             raise MisconfigurationException("InvarianceMonitor(log_histograms=True) needs a TensorBoardLogger.")
         self._histograms_enabled = tensorboard if self.log_histograms is None else self.log_histograms
+        self._measurer = Measurer(self._settings, pl_module, trainer.world_size, self._histograms_enabled)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -343,16 +340,17 @@ class InvarianceMonitor(Callback):
             if self.measure_before_training:
                 rank_zero_warn("InvarianceMonitor(measure_before_training=True): there is no validation data.")
             return
-        self._check_one_batch(trainer, pl_module)
+        self._measurer.check_one_batch(trainer, self._selected_indices(trainer), pl_module.device)
         if self.measure_before_training and not self._baseline_done:
-            self._measure_baseline(trainer, pl_module)
+            self._measurer.measure_loaders(trainer, self._selected_indices(trainer), pl_module.device)
+            self._finish(trainer, "baseline")
             self._baseline_done = True
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._measuring_now = self._should_measure(trainer)
         if self._measuring_now:
-            self._prepare(trainer, pl_module)
+            self._measurer.prepare(self._selected_indices(trainer), pl_module.device)
 
     @override
     def on_validation_batch_end(
@@ -364,15 +362,8 @@ class InvarianceMonitor(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not self._measuring_now or dataloader_idx not in self._selected_indices(trainer):
-            return
-        if self.max_samples is not None and dataloader_idx in self._cache.closed:
-            return
-        inputs, labels = self._input_of(batch, batch_idx, dataloader_idx)
-        if self.max_samples is None:
-            self._measure(trainer, inputs, labels, dataloader_idx)
-        else:
-            self._cache.add(inputs, labels, dataloader_idx)
+        if self._measuring_now and dataloader_idx in self._selected_indices(trainer):
+            self._measurer.take(trainer, batch, batch_idx, dataloader_idx)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -383,9 +374,7 @@ class InvarianceMonitor(Callback):
         if not self._measuring_now:
             return
         self._measuring_now = False
-        if self.max_samples is not None:
-            for index in self._selected_indices(trainer):
-                self._measure_cache(trainer, index)
+        self._measurer.finish(trainer, self._selected_indices(trainer))
         validating = trainer.state.fn == "validate"
         values = self._finish(trainer, "validate" if validating else "fit")
         # callback_metrics for EarlyStopping/ModelCheckpoint; during fit the loggers already have the values at the
@@ -400,7 +389,7 @@ class InvarianceMonitor(Callback):
         if self.print_summary and self.history:
             rank_zero_info(self.summary_table())
 
-    # ----------------------------------------------------------------- measuring
+    # ----------------------------------------------------------------- when and what
     def _should_measure(self, trainer: pl.Trainer) -> bool:
         if trainer.sanity_checking:
             return False
@@ -420,146 +409,10 @@ class InvarianceMonitor(Callback):
             )
         return list(self.dataloaders)
 
-    def _score_options(self, layer: str, keep_sample_deviations: bool) -> ScoreOptions:
-        return ScoreOptions(
-            len(self.group),
-            self.scores,
-            self.distance,
-            self.reference,
-            self.actions[layer],
-            self.num_classes,
-            keep_sample_deviations,
-            self.border_mask,
-            self.non_finite,
-        )
-
-    def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for index in self._selected_indices(trainer):
-            for layer in self.layers:
-                if (index, layer) not in self._scores:
-                    options = self._score_options(layer, self._histograms_enabled)
-                    self._scores[(index, layer)] = LayerScores.create(layer, options, pl_module.device)
-                self._scores[(index, layer)].reset()
-
-    def _input_of(self, batch: Any, batch_idx: int, dataloader_idx: int) -> tuple[Tensor, Tensor | None]:
-        try:
-            inputs = self._get_input(batch)
-            self.group.check_input(inputs)
-            labels = None if self._get_target is None else self._get_target(batch)
-            if labels is not None and labels.shape[:1] != inputs.shape[:1]:
-                raise ValueError(
-                    f"the labels have shape {tuple(labels.shape)}, not one per input ({inputs.shape[0]} inputs)"
-                )
-        except (TypeError, KeyError, ValueError) as error:
-            raise MisconfigurationException(
-                f"InvarianceMonitor could not measure validation batch {batch_idx} of dataloader {dataloader_idx}: "
-                f"{error}"
-            ) from error
-        return inputs, labels
-
-    @contextlib.contextmanager
-    def _in_validation_precision(self, trainer: pl.Trainer) -> Iterator[None]:
-        """The model runs as in validation: under the precision plugin's forward context (autocast for ``*-mixed``)."""
-        with trainer.precision_plugin.forward_context():
-            yield
-
-    def _measure(
-        self, trainer: pl.Trainer, inputs: Tensor, labels: Tensor | None, index: int, scores: Mapping | None = None
-    ) -> None:
-        """Run the orbit of ``inputs`` and update dataloader ``index``'s metrics (or ``scores``, per layer)."""
-        assert self._probe is not None
-        if inputs.shape[0] == 0:  # this process's share of the cached inputs can be empty under DDP
-            return
-        metrics = scores or {layer: self._scores[(index, layer)] for layer in self.layers}
-        offsets = dict.fromkeys(self.layers, 0)
-
-        def feed(name: str, features: Tensor) -> None:
-            start, offsets[name] = offsets[name], offsets[name] + features.shape[1]
-            chunk_labels = None if labels is None else labels[start : offsets[name]].to(features.device)
-            try:
-                metrics[name].update(features, chunk_labels)
-            except (ValueError, RuntimeError) as error:
-                action = self.actions[name]
-                measured = "invariance" if action is None else f"equivariance under {action!r}"
-                raise MisconfigurationException(
-                    f"InvarianceMonitor cannot measure the {measured} of layer {name!r}, whose orbit features have "
-                    f"shape {tuple(features.shape)} (|G|, inputs, ...): {error}"
-                ) from error
-
-        try:
-            with self._in_validation_precision(trainer):
-                self._probe.run(inputs, feed)
-                if self._lie_probe is not None:
-                    self._lie_probe.run(inputs, lambda name, f, d: metrics[name].update_lie(f, d))
-        except (ValueError, RuntimeError) as error:
-            raise MisconfigurationException(
-                f"InvarianceMonitor could not measure inputs of shape {tuple(inputs.shape)} from dataloader "
-                f"{index}: {error}"
-            ) from error
-
     def _validation_data_ready(self, trainer: pl.Trainer) -> bool:
         """Set the validation data up outside validation (a no-op after the sanity check); whether there is any."""
         trainer.fit_loop.epoch_loop.val_loop.setup_data()
         return bool(trainer.num_val_batches) and trainer.val_dataloaders is not None
-
-    def _check_one_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Run one validation batch's orbit through throwaway metrics, so that a misfit fails before training.
-
-        Also learns the order the layers run in (for tables and figures). Nothing is logged or kept.
-        """
-        order: list[str] = []
-        with fork_rng(cuda_indices(pl_module.device)):
-            for index in self._selected_indices(trainer):
-                batch_idx, batch = next(validation_batches(trainer, index), (None, None))
-                if batch_idx is None:
-                    continue
-                inputs, labels = self._input_of(batch, batch_idx, index)
-                throwaway = {}
-                for layer in self.layers:
-                    throwaway[layer] = LayerScores.create(layer, self._score_options(layer, False), pl_module.device)
-                    throwaway[layer].reset()
-                recording = {layer: OrderRecorder(scores, order) for layer, scores in throwaway.items()}
-                self._measure(trainer, inputs[:2], None if labels is None else labels[:2], index, recording)
-        self._layer_order = list(dict.fromkeys(order)) or self._layer_order
-
-    def _measure_baseline(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Measure the untrained model on the validation data, read as the validation loop reads it."""
-        self._prepare(trainer, pl_module)
-        with fork_rng(cuda_indices(pl_module.device)):
-            for index in self._selected_indices(trainer):
-                for batch_idx, batch in validation_batches(trainer, index):
-                    inputs, labels = self._input_of(batch, batch_idx, index)
-                    if self.max_samples is None:
-                        self._measure(trainer, inputs, labels, index)
-                        continue
-                    self._cache.add(inputs, labels, index)
-                    if self._cache.full(index):
-                        break
-                if self.max_samples is not None:
-                    self._measure_cache(trainer, index)
-        self._finish(trainer, "baseline")
-
-    def _measure_cache(self, trainer: pl.Trainer, index: int) -> None:
-        """Close dataloader ``index``'s input cache and measure this process's share of it.
-
-        Under DDP the processes' caches are gathered and dealt back as consecutive shares of the first
-        ``max_samples`` inputs in the order one process reads them (see ``callbacks/_shares.py``). The fitted linear
-        maps: the first half of those inputs fits them, the second half is held out.
-        """
-        try:
-            share = my_share(self._cache.close(index), self.max_samples, dataset_size(trainer, index))
-        except ValueError as error:
-            rank_zero_warn(f"InvarianceMonitor: dataloader {index} has nothing to measure ({error}).")
-            return
-        if not any(score in LINEAR_SCORES for score in self.scores):
-            self._measure(trainer, share.inputs, share.labels, index)
-            return
-        fit_count = min(max(share.total // 2 - share.start, 0), share.inputs.shape[0])  # in this process's share
-        labels = (None, None) if share.labels is None else (share.labels[:fit_count], share.labels[fit_count:])
-        self._measure(trainer, share.inputs[:fit_count], labels[0], index)
-        for layer in self.layers:
-            self._scores[(index, layer)].fit_linear_maps()
-        self._measure(trainer, share.inputs[fit_count:], labels[1], index)
 
     # ----------------------------------------------------------------- results
     def _finish(self, trainer: pl.Trainer, stage: str) -> dict[str, float]:
@@ -586,11 +439,11 @@ class InvarianceMonitor(Callback):
 
     def _compute(self, trainer: pl.Trainer) -> Measurement:
         indices = self._selected_indices(trainer)
-        computed = {key: scores.compute() for key, scores in self._scores.items() if key[0] in indices}
+        computed = self._measurer.compute(indices)
         reference = normalizing_index(self.normalize_by, self.dataloader_names, indices)
         element_names = self.group.names if self.log_per_element else None
         measurement = read_scores(
-            computed, indices, self._layer_order, self.scores, self._naming, reference, element_names
+            computed, indices, self._measurer.layer_order, self.scores, self._naming, reference, element_names
         )
         for layer, (index, count) in measurement.non_finite.items():
             if layer not in self._warned:
@@ -615,12 +468,13 @@ class InvarianceMonitor(Callback):
             "inputs per dataloader": "all" if self.max_samples is None else str(self.max_samples),
             "every_n_epochs": str(self.every_n_epochs),
         }
-        write_layout(writers, self._naming, self.scores, self._layer_order, labels, setup)
+        write_layout(writers, self._naming, self.scores, self._measurer.layer_order, labels, setup)
         self._layout_written = True
 
     def _write_figures(self, trainer: pl.Trainer) -> None:
         writers = tensorboard_writers(trainer.loggers) if trainer.is_global_zero else []
         if writers:
             rows = [row for row in self.history_rows() if row["stage"] != "validate"]
-            write_figures(writers, self.prefix, rows, self.scores, self._layer_order, trainer.global_step)
+            layers = self._measurer.layer_order
+            write_figures(writers, self.prefix, rows, self.scores, layers, trainer.global_step)
         self._figures_step = trainer.global_step
