@@ -108,7 +108,7 @@ def depth_profile_figure(
         ax.set_xlabel("layer (input side → output)")
     _from_zero(axes, rows, score)
     axes[0].set_ylabel(score)
-    shown = whens if len(whens) <= 12 else [whens[0], whens[-1]]  # a long run: the colour bar order says the rest
+    shown = whens if len(whens) <= 12 else [*whens[:2], whens[-1]]  # a long run: the first and last, dark to light
     handles, labels = axes[-1].get_legend_handles_labels()
     keep = [i for i, label in enumerate(labels) if label in {w[1] for w in shown}]
     axes[-1].legend(
