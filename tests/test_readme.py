@@ -26,3 +26,10 @@ def test_quick_start_runs_as_is(tmp_path):
     layers = {row["layer"] for row in rows}
     assert layers == {"net.1", "net.3", "net.5", "output"}
     assert {row["stage"] for row in rows} == {"baseline", "fit"}
+    pytest.importorskip("matplotlib")
+    after = re.search(r"<!-- after-quickstart: .*? -->\n```python\n(.*?)```", text, re.S)
+    assert after, "the block that reads the quick start's CSV is marked in the README"
+    (tmp_path / "after.py").write_text(after.group(1))
+    result = subprocess.run([sys.executable, "after.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'output'" in result.stdout and (tmp_path / "runs" / "curves.png").stat().st_size > 10_000
