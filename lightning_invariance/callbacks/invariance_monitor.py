@@ -162,7 +162,7 @@ class InvarianceMonitor(Callback):
         measure_before_training: bool = False,
         log_per_element: bool = False,
         log_figures: bool | None = None,
-        figure_every_n: int = 5,
+        figure_every_n: int = 10,
         prefix: str = "invariance",
         print_summary: bool = True,
         lie_generator: str | None = None,
