@@ -1,24 +1,38 @@
 """Transformations of inputs (groups and seeded families) and actions of them on representations."""
 
-from lightning_invariance.groups.actions import RegularAction, RepresentationAction, SpatialAction, TrivialAction
+from lightning_invariance.groups.actions import (
+    MatrixAction,
+    RegularAction,
+    RepresentationAction,
+    SpatialAction,
+    TrivialAction,
+    VectorAction,
+)
 from lightning_invariance.groups.augmentation import AugmentationFamily
 from lightning_invariance.groups.base import Group
 from lightning_invariance.groups.continuous import ContinuousRotation, Scaling
+from lightning_invariance.groups.euclidean3d import CubeRotations, Euclidean3D, Rotation3D, Translation3D
 from lightning_invariance.groups.image import CyclicRotation, CyclicTranslation, Dihedral, Flip
 from lightning_invariance.groups.permutation import Permutation
 
 __all__ = [
     "AugmentationFamily",
     "ContinuousRotation",
+    "CubeRotations",
     "CyclicRotation",
     "CyclicTranslation",
     "Dihedral",
+    "Euclidean3D",
     "Flip",
     "Group",
+    "MatrixAction",
     "Permutation",
     "RegularAction",
     "RepresentationAction",
+    "Rotation3D",
     "Scaling",
     "SpatialAction",
+    "Translation3D",
     "TrivialAction",
+    "VectorAction",
 ]

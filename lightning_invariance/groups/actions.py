@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -10,7 +11,7 @@ from torch import Tensor
 from lightning_invariance.groups.base import Group
 from lightning_invariance.groups.image import CyclicRotation
 
-__all__ = ["RegularAction", "RepresentationAction", "SpatialAction", "TrivialAction"]
+__all__ = ["MatrixAction", "RegularAction", "RepresentationAction", "SpatialAction", "TrivialAction", "VectorAction"]
 
 
 class RepresentationAction(ABC):
@@ -111,3 +112,97 @@ class RegularAction(RepresentationAction):
 
     def __repr__(self) -> str:
         return f"RegularAction({self.group!r})"
+
+
+def _element_matrices(group: Group, who: str) -> Tensor:
+    matrices = getattr(group, "matrices", None)
+    if not callable(matrices):
+        raise TypeError(
+            f"{who} needs a group with a matrix per element (`matrices()`, e.g. Rotation3D, CubeRotations, "
+            f"Euclidean3D), but got {group!r}."
+        )
+    return matrices()
+
+
+class VectorAction(RepresentationAction):
+    """Rotate 3-D vectors: ``v -> v R_k^T`` on the last axis, translations ignored (forces, velocities, dipoles).
+
+    For "forces are rotation-equivariant": the model's output ``(N, P, 3)`` (or ``(N, 3)``) measured with
+    ``EquivarianceDeviation(VectorAction(group))``. Under a translation a vector does not move, so translation
+    equivariance of forces is their invariance. For outputs that are positions (they translate too), use
+    ``SpatialAction(group)``.
+    """
+
+    def __init__(self, group: Group) -> None:
+        self._matrices = _element_matrices(group, "VectorAction")
+        self.group = group
+
+    def act(self, features: Tensor, k: int) -> Tensor:
+        """Rotate the vectors on the last axis by element ``k``'s matrix."""
+        if features.shape[-1] != 3:
+            raise ValueError(
+                f"{self!r} rotates 3-D vectors on the last axis; got features of shape {tuple(features.shape)}."
+            )
+        return features @ self._matrices[k].to(features.device, features.dtype).T
+
+    def check_group(self, group: Group) -> None:
+        """Require the same number of elements as the input group."""
+        if len(group) != len(self.group):
+            raise ValueError(f"{self!r} has {len(self.group)} elements but the input group {group!r} has {len(group)}.")
+
+    def __repr__(self) -> str:
+        return f"VectorAction({self.group!r})"
+
+
+class MatrixAction(RepresentationAction):
+    """Any linear representation: ``f -> f D(g_k)^T`` on the last axis, with ``D`` given per element.
+
+    ``representation`` is either a ``(|G|, d, d)`` tensor of matrices, or a function from an element's 3x3 matrix to
+    its ``d x d`` representation, applied to ``group.matrices()``: for an e3nn network,
+    ``MatrixAction(group, irreps.D_from_matrix)`` checks its output irreps.
+
+    Example:
+        >>> import torch
+        >>> from lightning_invariance.groups import CubeRotations
+        >>> group = CubeRotations()
+        >>> action = MatrixAction(group, lambda r: torch.block_diag(torch.ones(1, 1, dtype=r.dtype), r))
+        >>> action.act(torch.tensor([[5.0, 1.0, 0.0, 0.0]]), 0)
+        tensor([[5., 1., 0., 0.]])
+    """
+
+    def __init__(self, group: Group, representation: Tensor | Callable[[Tensor], Tensor]) -> None:
+        if isinstance(representation, Tensor):
+            matrices = representation
+        elif callable(representation):
+            elements = _element_matrices(group, "MatrixAction")
+            matrices = torch.stack([torch.as_tensor(representation(r)) for r in elements])
+        else:
+            raise TypeError(
+                f"Expected `representation` to be a (|G|, d, d) tensor or a function of a 3x3 matrix, got "
+                f"{type(representation).__name__}."
+            )
+        if matrices.ndim != 3 or matrices.shape[1] != matrices.shape[2] or matrices.shape[0] != len(group):
+            raise ValueError(
+                f"Expected one square matrix per element of {group!r}, shape ({len(group)}, d, d); got "
+                f"{tuple(matrices.shape)}."
+            )
+        self.group, self.matrices = group, matrices.to(torch.float64)
+
+    def act(self, features: Tensor, k: int) -> Tensor:
+        """Apply element ``k``'s matrix to the last axis."""
+        if features.shape[-1] != self.matrices.shape[-1]:
+            raise ValueError(
+                f"{self!r} acts on a last axis of size {self.matrices.shape[-1]}; got features of shape "
+                f"{tuple(features.shape)}."
+            )
+        return features @ self.matrices[k].to(features.device, features.dtype).T
+
+    def check_group(self, group: Group) -> None:
+        """Require one matrix per element of the input group."""
+        if len(group) != len(self.matrices):
+            raise ValueError(
+                f"{self!r} has {len(self.matrices)} matrices but the input group {group!r} has {len(group)}."
+            )
+
+    def __repr__(self) -> str:
+        return f"MatrixAction({self.group!r}, d={self.matrices.shape[-1]})"

@@ -1,0 +1,187 @@
+"""Rotations, reflections and translations of 3-D point coordinates ``(..., P, 3)``: SO(3), O(3), E(3), the cube.
+
+Every element is ``x -> x R^T + t`` on the last axis (the coordinates), for every point and every sample alike.
+Continuous groups are a fixed, seeded sample (uniform on the group, drawn from a private generator, identity first),
+so the same elements are measured every epoch; the cube's rotation group is exact (24 elements, 48 with
+reflections). :meth:`matrices` and :meth:`translations` give each element's ``R`` and ``t`` (float64), which the
+actions on vector outputs use (:class:`~lightning_invariance.groups.VectorAction`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import Tensor
+
+from lightning_invariance.groups.base import Group
+
+__all__ = ["CubeRotations", "Euclidean3D", "Rotation3D", "Translation3D"]
+
+
+class _RigidMotions(Group):
+    """Elements ``x -> x R_k^T + t_k`` on the last axis, from float64 tables ``R`` (|G|, 3, 3) and ``t`` (|G|, 3)."""
+
+    def __init__(self, names: list[str], rotations: Tensor, translations: Tensor) -> None:
+        super().__init__(names)
+        self._rotations, self._translations = rotations.to(torch.float64), translations.to(torch.float64)
+
+    def matrices(self) -> Tensor:
+        """Each element's orthogonal matrix ``R_k``, ``(|G|, 3, 3)`` float64; the identity first."""
+        return self._rotations.clone()
+
+    def translations(self) -> Tensor:
+        """Each element's translation ``t_k``, ``(|G|, 3)`` float64 (zeros for rotation groups)."""
+        return self._translations.clone()
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.ndim < 2 or x.shape[-1] != 3:
+            raise ValueError(
+                f"{self!r} acts on 3-D coordinates: a batch of shape (N, ..., 3), e.g. (N, P, 3) point clouds; got "
+                f"shape {tuple(x.shape)}."
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"{self!r} needs floating-point coordinates, got dtype {x.dtype}.")
+
+    def _act(self, x: Tensor, k: int) -> Tensor:
+        rotation = self._rotations[k].to(x.device, x.dtype)
+        return x @ rotation.T + self._translations[k].to(x.device, x.dtype)
+
+
+def _uniform_rotations(count: int, generator: torch.Generator) -> Tensor:
+    """``count`` rotation matrices uniform on SO(3): normalised Gaussian quaternions (float64)."""
+    q = torch.randn(count, 4, generator=generator, dtype=torch.float64)
+    w, x, y, z = (q / q.norm(dim=1, keepdim=True)).unbind(1)
+    return torch.stack(
+        [
+            torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+            torch.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+            torch.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        dim=1,
+    )
+
+
+def _check_count(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"Expected argument `{name}` to be a positive int, but got {value!r}.")
+    return value
+
+
+class Rotation3D(_RigidMotions):
+    """A seeded sample of SO(3) (or O(3) with ``reflections=True``), identity first, acting on ``(..., 3)`` points.
+
+    Rotations are uniform on SO(3) (Gaussian quaternions). With reflections, every second element is composed with
+    the point reflection ``x -> -x``, so proper and improper elements alternate. Names: ``rot1``, ``rot2``, ...
+    (``rotinv3``, ... for improper ones).
+
+    Args:
+        num_elements: how many elements, identity included.
+        reflections: O(3) instead of SO(3).
+        seed: seed of the private generator (the global RNG is untouched).
+
+    Example:
+        >>> import torch
+        >>> group = Rotation3D(num_elements=4, seed=0)
+        >>> points = torch.randn(2, 5, 3)
+        >>> torch.allclose(group.act(points, 2).norm(dim=-1), points.norm(dim=-1), atol=1e-6)
+        True
+    """
+
+    def __init__(self, num_elements: int = 8, reflections: bool = False, seed: int = 0) -> None:
+        _check_count("num_elements", num_elements)
+        self.reflections, self.seed = bool(reflections), int(seed)
+        generator = torch.Generator().manual_seed(self.seed)
+        identity = torch.eye(3, dtype=torch.float64)[None]
+        rotations = torch.cat([identity, _uniform_rotations(num_elements - 1, generator)])
+        names = ["identity"]
+        for k in range(1, num_elements):
+            improper = self.reflections and k % 2 == 0
+            if improper:
+                rotations[k] = -rotations[k]
+            names.append(f"rotinv{k}" if improper else f"rot{k}")
+        super().__init__(names, rotations, torch.zeros(num_elements, 3, dtype=torch.float64))
+
+    def __repr__(self) -> str:
+        return f"Rotation3D(num_elements={len(self)}, reflections={self.reflections}, seed={self.seed})"
+
+
+class CubeRotations(_RigidMotions):
+    """The symmetries of a cube centred at the origin: 24 rotations (48 with reflections), exact, identity first.
+
+    Each element permutes and flips the signs of the three coordinates (a signed permutation matrix with
+    determinant +1, or either sign with ``reflections=True``). The elements are closed under composition and
+    inverse, so the group's laws hold exactly. Names spell the matrix: ``+y-x+z`` maps ``(x, y, z)`` to
+    ``(y, -x, z)``.
+
+    Example:
+        >>> len(CubeRotations()), len(CubeRotations(reflections=True))
+        (24, 48)
+    """
+
+    def __init__(self, reflections: bool = False) -> None:
+        self.reflections = bool(reflections)
+        elements = []
+        for order in itertools.permutations(range(3)):
+            for signs in itertools.product((1.0, -1.0), repeat=3):
+                matrix = torch.zeros(3, 3, dtype=torch.float64)
+                for row, (column, sign) in enumerate(zip(order, signs, strict=True)):
+                    matrix[row, column] = sign
+                if self.reflections or torch.linalg.det(matrix) > 0:
+                    elements.append(matrix)
+        elements.sort(key=lambda m: (not torch.equal(m, torch.eye(3, dtype=torch.float64)), m.flatten().tolist()))
+        names = ["identity"] + [_spell(matrix) for matrix in elements[1:]]
+        super().__init__(names, torch.stack(elements), torch.zeros(len(elements), 3, dtype=torch.float64))
+
+    def __repr__(self) -> str:
+        return f"CubeRotations(reflections={self.reflections})"
+
+
+def _spell(matrix: Tensor) -> str:
+    """``+y-x+z`` for the matrix mapping ``(x, y, z)`` to ``(y, -x, z)``."""
+    parts = []
+    for row in matrix:
+        column = int(row.abs().argmax())
+        parts.append(("+" if row[column] > 0 else "-") + "xyz"[column])
+    return "".join(parts)
+
+
+class Translation3D(_RigidMotions):
+    """A seeded sample of translations ``x -> x + t`` of ``(..., 3)`` points, ``t ~ N(0, scale^2 I)``, identity first.
+
+    Translation invariance is what a model on centred or relative coordinates should have (and a classic bug when
+    it does not). Names: ``shift1``, ``shift2``, ...
+    """
+
+    def __init__(self, num_elements: int = 8, scale: float = 1.0, seed: int = 0) -> None:
+        _check_count("num_elements", num_elements)
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"Expected argument `scale` to be a positive number, but got {scale!r}.")
+        self.scale, self.seed = float(scale), int(seed)
+        generator = torch.Generator().manual_seed(self.seed)
+        shifts = torch.randn(num_elements, 3, generator=generator, dtype=torch.float64) * self.scale
+        shifts[0] = 0
+        eye = torch.eye(3, dtype=torch.float64).expand(num_elements, 3, 3)
+        super().__init__(["identity"] + [f"shift{k}" for k in range(1, num_elements)], eye, shifts)
+
+    def __repr__(self) -> str:
+        return f"Translation3D(num_elements={len(self)}, scale={self.scale}, seed={self.seed})"
+
+
+class Euclidean3D(_RigidMotions):
+    """A seeded sample of E(3) (SE(3) without reflections): a uniform rotation then a Gaussian translation.
+
+    Names: ``motion1``, ``motion2``, ...; with reflections every second element is improper.
+    """
+
+    def __init__(self, num_elements: int = 8, scale: float = 1.0, reflections: bool = False, seed: int = 0) -> None:
+        rotations = Rotation3D(num_elements, reflections, seed)
+        shifts = Translation3D(num_elements, scale, seed + 1)
+        self.scale, self.reflections, self.seed = shifts.scale, rotations.reflections, int(seed)
+        names = ["identity"] + [f"motion{k}" for k in range(1, num_elements)]
+        super().__init__(names, rotations.matrices(), shifts.translations())
+
+    def __repr__(self) -> str:
+        settings = f"scale={self.scale}, reflections={self.reflections}, seed={self.seed}"
+        return f"Euclidean3D(num_elements={len(self)}, {settings})"
