@@ -14,6 +14,7 @@ from lightning_invariance.groups import (
     Euclidean3D,
     MatrixAction,
     Permutation,
+    RigidMotions,
     Rotation3D,
     SpatialAction,
     Translation3D,
@@ -258,3 +259,29 @@ def test_helpers_leave_the_global_rngs_alone():
     before = torch.get_rng_state(), random.getstate()
     assert_invariant(PairwiseEnergy(), Rotation3D(4), torch.ones(2, 3, 3, dtype=torch.float64))
     assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]
+
+
+# ------------------------------------------------------------------ against e3nn's own check
+@pytest.mark.parametrize("broken", [False, True])
+def test_max_error_equals_e3nn_equivariance_error(broken):
+    """e3nn's ``equivariance_error`` draws one rotation from the global RNG: we draw the same one, as a group."""
+    o3 = pytest.importorskip("e3nn.o3")
+    from e3nn.util.test import equivariance_error
+
+    irreps_out = o3.Irreps("1x0e + 1x1o + 1x2e")
+
+    def harmonics(pos):  # (N, P, 3) -> (N, 9): exactly equivariant, unless broken
+        out = o3.spherical_harmonics(irreps_out, pos, normalize=False).sum(-2)
+        return out + 0.05 * pos[..., :1].sum(-2) if broken else out
+
+    points = torch.randn(6, 5, 3, dtype=torch.float64)
+    torch.manual_seed(7)
+    theirs = equivariance_error(
+        harmonics, [points], ["cartesian_points"], [irreps_out], do_parity=False, do_translation=False
+    )[(0, False)].item()
+    torch.manual_seed(7)
+    group = RigidMotions(torch.stack([EYE, o3.rand_matrix(dtype=torch.float64)]))
+    ours = equivariance_errors(harmonics, group, points, MatrixAction(group, irreps_out.D_from_matrix))
+    # e3nn rounds its reported error to float32 (0.58487272 vs our float64 0.58487271); equal to that rounding
+    assert ours.absolute.max().item() == pytest.approx(theirs, rel=1e-6, abs=1e-13)
+    assert (theirs > 1e-3) == broken

@@ -11,7 +11,7 @@ from lightning_invariance.groups.actions import (
 from lightning_invariance.groups.augmentation import AugmentationFamily
 from lightning_invariance.groups.base import Group
 from lightning_invariance.groups.continuous import ContinuousRotation, Scaling
-from lightning_invariance.groups.euclidean3d import CubeRotations, Euclidean3D, Rotation3D, Translation3D
+from lightning_invariance.groups.euclidean3d import CubeRotations, Euclidean3D, RigidMotions, Rotation3D, Translation3D
 from lightning_invariance.groups.image import CyclicRotation, CyclicTranslation, Dihedral, Flip
 from lightning_invariance.groups.permutation import Permutation
 
@@ -29,6 +29,7 @@ __all__ = [
     "Permutation",
     "RegularAction",
     "RepresentationAction",
+    "RigidMotions",
     "Rotation3D",
     "Scaling",
     "SpatialAction",

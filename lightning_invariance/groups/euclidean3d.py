@@ -17,15 +17,46 @@ from torch import Tensor
 
 from lightning_invariance.groups.base import Group
 
-__all__ = ["CubeRotations", "Euclidean3D", "Rotation3D", "Translation3D"]
+__all__ = ["CubeRotations", "Euclidean3D", "RigidMotions", "Rotation3D", "Translation3D"]
 
 
-class _RigidMotions(Group):
-    """Elements ``x -> x R_k^T + t_k`` on the last axis, from float64 tables ``R`` (|G|, 3, 3) and ``t`` (|G|, 3)."""
+class RigidMotions(Group):
+    """Given rigid motions ``x -> x R_k^T + t_k`` of ``(..., 3)`` coordinates, identity first.
 
-    def __init__(self, names: list[str], rotations: Tensor, translations: Tensor) -> None:
-        super().__init__(names)
-        self._rotations, self._translations = rotations.to(torch.float64), translations.to(torch.float64)
+    For a molecule's point group, the rotations another library drew, or any finite set of elements to measure.
+
+    Args:
+        matrices: ``(|G|, 3, 3)`` orthogonal matrices, the identity first.
+        translations: ``(|G|, 3)``, zero first; ``None`` for none.
+        names: one per element, ``"identity"`` first; default ``identity, g1, g2, ...``.
+
+    Example:
+        >>> import torch
+        >>> mirror = torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
+        >>> group = RigidMotions(torch.stack([torch.eye(3), mirror]), names=["identity", "mirror_x"])
+        >>> group.act(torch.tensor([[[1.0, 2.0, 3.0]]]), 1)
+        tensor([[[-1.,  2.,  3.]]])
+    """
+
+    def __init__(self, matrices: Tensor, translations: Tensor | None = None, names: list[str] | None = None) -> None:
+        matrices = torch.as_tensor(matrices, dtype=torch.float64)
+        count = matrices.shape[0] if matrices.ndim == 3 else 0
+        translations = torch.zeros(count, 3, dtype=torch.float64) if translations is None else translations
+        translations = torch.as_tensor(translations, dtype=torch.float64)
+        if matrices.ndim != 3 or matrices.shape[1:] != (3, 3) or translations.shape != (count, 3) or count == 0:
+            raise ValueError(
+                f"Expected `matrices` of shape (|G|, 3, 3) and `translations` of shape (|G|, 3), got "
+                f"{tuple(matrices.shape)} and {tuple(translations.shape)}."
+            )
+        eye = torch.eye(3, dtype=torch.float64)
+        if not torch.allclose(matrices @ matrices.transpose(1, 2), eye.expand(count, 3, 3), atol=1e-6):
+            raise ValueError("Expected orthogonal matrices (R R^T = I): a rigid motion keeps distances.")
+        if not torch.allclose(matrices[0], eye, atol=1e-12) or bool(translations[0].any()):
+            raise ValueError("Expected the identity (R = I, t = 0) as element 0.")
+        super().__init__(names or ["identity"] + [f"g{k}" for k in range(1, count)])
+        if len(self) != count:
+            raise ValueError(f"Expected {count} names, one per element, got {len(self)}.")
+        self._rotations, self._translations = matrices, translations
 
     def matrices(self) -> Tensor:
         """Each element's orthogonal matrix ``R_k``, ``(|G|, 3, 3)`` float64; the identity first."""
@@ -69,7 +100,7 @@ def _check_count(name: str, value: object) -> int:
     return value
 
 
-class Rotation3D(_RigidMotions):
+class Rotation3D(RigidMotions):
     """A seeded sample of SO(3) (or O(3) with ``reflections=True``), identity first, acting on ``(..., 3)`` points.
 
     Rotations are uniform on SO(3) (Gaussian quaternions). With reflections, every second element is composed with
@@ -101,13 +132,13 @@ class Rotation3D(_RigidMotions):
             if improper:
                 rotations[k] = -rotations[k]
             names.append(f"rotinv{k}" if improper else f"rot{k}")
-        super().__init__(names, rotations, torch.zeros(num_elements, 3, dtype=torch.float64))
+        super().__init__(rotations, names=names)
 
     def __repr__(self) -> str:
         return f"Rotation3D(num_elements={len(self)}, reflections={self.reflections}, seed={self.seed})"
 
 
-class CubeRotations(_RigidMotions):
+class CubeRotations(RigidMotions):
     """The symmetries of a cube centred at the origin: 24 rotations (48 with reflections), exact, identity first.
 
     Each element permutes and flips the signs of the three coordinates (a signed permutation matrix with
@@ -132,7 +163,7 @@ class CubeRotations(_RigidMotions):
                     elements.append(matrix)
         elements.sort(key=lambda m: (not torch.equal(m, torch.eye(3, dtype=torch.float64)), m.flatten().tolist()))
         names = ["identity"] + [_spell(matrix) for matrix in elements[1:]]
-        super().__init__(names, torch.stack(elements), torch.zeros(len(elements), 3, dtype=torch.float64))
+        super().__init__(torch.stack(elements), names=names)
 
     def __repr__(self) -> str:
         return f"CubeRotations(reflections={self.reflections})"
@@ -147,7 +178,7 @@ def _spell(matrix: Tensor) -> str:
     return "".join(parts)
 
 
-class Translation3D(_RigidMotions):
+class Translation3D(RigidMotions):
     """A seeded sample of translations ``x -> x + t`` of ``(..., 3)`` points, ``t ~ N(0, scale^2 I)``, identity first.
 
     Translation invariance is what a model on centred or relative coordinates should have (and a classic bug when
@@ -163,13 +194,13 @@ class Translation3D(_RigidMotions):
         shifts = torch.randn(num_elements, 3, generator=generator, dtype=torch.float64) * self.scale
         shifts[0] = 0
         eye = torch.eye(3, dtype=torch.float64).expand(num_elements, 3, 3)
-        super().__init__(["identity"] + [f"shift{k}" for k in range(1, num_elements)], eye, shifts)
+        super().__init__(eye, shifts, ["identity"] + [f"shift{k}" for k in range(1, num_elements)])
 
     def __repr__(self) -> str:
         return f"Translation3D(num_elements={len(self)}, scale={self.scale}, seed={self.seed})"
 
 
-class Euclidean3D(_RigidMotions):
+class Euclidean3D(RigidMotions):
     """A seeded sample of E(3) (SE(3) without reflections): a uniform rotation then a Gaussian translation.
 
     Names: ``motion1``, ``motion2``, ...; with reflections every second element is improper.
@@ -180,7 +211,7 @@ class Euclidean3D(_RigidMotions):
         shifts = Translation3D(num_elements, scale, seed + 1)
         self.scale, self.reflections, self.seed = shifts.scale, rotations.reflections, int(seed)
         names = ["identity"] + [f"motion{k}" for k in range(1, num_elements)]
-        super().__init__(names, rotations.matrices(), shifts.translations())
+        super().__init__(rotations.matrices(), shifts.translations(), names)
 
     def __repr__(self) -> str:
         settings = f"scale={self.scale}, reflections={self.reflections}, seed={self.seed}"
