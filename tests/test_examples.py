@@ -93,3 +93,13 @@ def test_paper_questions_write_tables_figures_and_every_value(tmp_path, capsys):
     assert {row["run"] for row in rows} >= {"a_plain", "c_augmented"} and {row["seed"] for row in rows} == {"0"}
     assert {row["dataloader"] for row in rows if row["run"] == "c_augmented"} == {"id", "ood"}
     assert "(c) Learned invariance" in capsys.readouterr().out
+
+
+def test_point_cloud_example_invariant_model_measures_zero(tmp_path):
+    example = _example("point_clouds")
+    invariant = example.train("invariant", epochs=2, logdir=tmp_path, quiet=True, invariant=True)
+    upright = example.train("upright", epochs=2, logdir=tmp_path, quiet=True)
+    for layer in example.LAYERS:
+        assert invariant[layer] < 1e-5, layer
+    assert upright["output"] > 0.1 and upright["net.points"] > 0.1
+    assert invariant["rotated_acc"] == pytest.approx(invariant["val_acc"], abs=1e-6)
