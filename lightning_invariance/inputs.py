@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import Tensor
 
+from lightning_invariance.batches import check_batch
+
 __all__ = ["InputGetter", "make_input_getter", "make_target_getter"]
 
 InputGetter = Callable[[Any], Tensor]
@@ -16,7 +18,8 @@ def make_input_getter(input_key: str | int | Callable[[Any], Tensor] | None = No
     """Build ``batch -> input tensor``.
 
     ``None``: the batch itself if it is a tensor, its first element if a tuple/list, its ``"input"``, ``"x"`` or
-    ``"image"`` entry if a dict. An ``int`` indexes a tuple/list, a ``str`` names a dict key, a callable is used as is.
+    ``"image"`` entry if a dict. An ``int`` indexes a tuple/list, a ``str`` names a dict key, a callable is used as is
+    (it may return a dict of tensors, the fields a ``FieldGroup`` acts on).
     Each getter raises ``TypeError``/``KeyError`` naming what it found when the batch does not fit.
     """
     if callable(input_key):
@@ -76,6 +79,8 @@ def make_target_getter(target_key: str | int | Callable[[Any], Tensor] | None = 
     ``None`` takes element 1 of a tuple/list or the ``"target"``, ``"y"``, ``"label"`` or ``"labels"`` entry of a
     dict.
     """
+    if callable(target_key):
+        return _CheckedCallable(target_key, "the `target_key` callable", fields=False)
     if target_key is not None:
         return make_input_getter(target_key)
     return _default_target
@@ -105,10 +110,17 @@ def _require_tensor(value: Any, where: str) -> Tensor:
 
 
 class _CheckedCallable:
-    """A user's ``batch -> tensor`` callable whose result is checked to be a tensor (picklable if the callable is)."""
+    """A user's ``batch -> input`` callable whose result is checked (picklable if the callable is).
 
-    def __init__(self, fn: Callable[[Any], Tensor], where: str) -> None:
-        self.fn, self.where = fn, where
+    Inputs may be a tensor or a dict of tensors (fields, for a ``FieldGroup``); labels must be a tensor.
+    """
 
-    def __call__(self, batch: Any) -> Tensor:
-        return _require_tensor(self.fn(batch), f"the value returned by {self.where}")
+    def __init__(self, fn: Callable[[Any], Any], where: str, fields: bool = True) -> None:
+        self.fn, self.where, self.fields = fn, where, fields
+
+    def __call__(self, batch: Any) -> Any:
+        value = self.fn(batch)
+        if self.fields and isinstance(value, Mapping):
+            check_batch(value, f"the value returned by {self.where}")
+            return value
+        return _require_tensor(value, f"the value returned by {self.where}")

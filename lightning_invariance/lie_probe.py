@@ -99,7 +99,7 @@ class LieProbe:
         if not isinstance(x, Tensor) or x.ndim < 3 or x.shape[0] == 0 or not x.is_floating_point():
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"LieProbe needs a non-empty float image batch (N, H, W) or (N, C, H, W), got {shape}.")
-        device = _device_of(self.model, x)
+        device = _device_of(self.model, x.device)
         chunk = self.chunk_size or (CPU_CHUNK_SIZE if device.type == "cpu" else ACCELERATOR_LIE_CHUNK_SIZE)
         input_size = (x.shape[-2], x.shape[-1])
         captured: dict[str, Tensor] = {}

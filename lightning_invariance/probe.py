@@ -11,6 +11,15 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
 from lightning_invariance._rng import cuda_indices, fork_rng
+from lightning_invariance.batches import (
+    Batch,
+    batch_device,
+    batch_size,
+    batch_to,
+    check_batch,
+    orbit_batch,
+    slice_batch,
+)
 from lightning_invariance.groups.base import Group
 from lightning_invariance.metrics._checks import check_optional_positive
 
@@ -97,17 +106,17 @@ class Probe:
     def samples_per_chunk(self, device: torch.device | None = None) -> int:
         """How many samples (each with its whole orbit) go through one forward pass on ``device``."""
         if device is None:
-            device = _device_of(self.model, torch.empty(0))
+            device = _device_of(self.model, torch.device("cpu"))
         chunk = self.chunk_size or (CPU_CHUNK_SIZE if device.type == "cpu" else ACCELERATOR_CHUNK_SIZE)
         return max(1, chunk // len(self.group))
 
-    def orbit_features(self, x: Tensor) -> dict[str, Tensor]:
+    def orbit_features(self, x: Batch) -> dict[str, Tensor]:
         """Orbit features of every layer for the batch ``x``: ``{layer: (|G|, N, ...)}``, identity first."""
         parts: dict[str, list[Tensor]] = {name: [] for name in self.layers}
         self.run(x, lambda name, features: parts[name].append(features.clone()))
         return {name: torch.cat(chunks, dim=1) for name, chunks in parts.items()}
 
-    def update(self, x: Tensor, metrics: Mapping[str, Metric | MetricCollection | Iterable[Metric]]) -> None:
+    def update(self, x: Batch, metrics: Mapping[str, Metric | MetricCollection | Iterable[Metric]]) -> None:
         """Run the orbit of ``x`` and update ``metrics[layer]`` (a metric, a collection or several) per chunk."""
         targets = metric_targets(metrics, self.layers)
 
@@ -117,19 +126,19 @@ class Probe:
 
         self.run(x, feed)
 
-    def run(self, x: Tensor, consume: Consumer) -> None:
+    def run(self, x: Batch, consume: Consumer) -> None:
         """Call ``consume(layer, features)`` with ``(|G|, n, ...)`` features for each layer and chunk of ``x``.
 
         ``consume`` runs inside the layer's forward hook, before the rest of the forward pass, so the features need
         no copy (a later in-place operation cannot have changed them yet) and only one layer's features are held at
         a time. They are valid during the call only: clone what you keep.
         """
-        if not isinstance(x, Tensor):
-            raise TypeError(f"Expected the input batch to be a torch.Tensor, but got {type(x).__name__}.")
-        if x.ndim < 1 or x.shape[0] == 0:
-            raise ValueError(f"Expected a non-empty batch with the sample axis first, got shape {tuple(x.shape)}.")
+        check_batch(x)
+        if batch_size(x) == 0:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else {k: tuple(v.shape) for k, v in x.items()}
+            raise ValueError(f"Expected a non-empty batch with the sample axis first, got shape {shape}.")
         self.group.check_input(x)  # before any forward pass
-        device = _device_of(self.model, x)
+        device = _device_of(self.model, batch_device(x))
         calls = dict.fromkeys(self.layers, 0)
         chunk_inputs = [0]
 
@@ -150,10 +159,10 @@ class Probe:
 
         per_chunk = self.samples_per_chunk(device)
         with _measuring(self.model, device), _hooks(self._modules, capture):
-            for start in range(0, x.shape[0], per_chunk):
-                chunk = x[start : start + per_chunk].to(device)
-                orbit = self.group.orbit(chunk).flatten(0, 1)
-                chunk_inputs[0] = orbit.shape[0]
+            for start in range(0, batch_size(x), per_chunk):
+                chunk = batch_to(slice_batch(x, start, start + per_chunk), device)
+                orbit = orbit_batch(self.group, chunk)
+                chunk_inputs[0] = batch_size(orbit)
                 calls.update(dict.fromkeys(calls, 0))
                 self.model(orbit)
                 silent = [name for name, count in calls.items() if count == 0]
@@ -211,12 +220,12 @@ def _uncompiled_name(name: str) -> str:
     return ".".join(part for part in name.split(".") if part != "_orig_mod")
 
 
-def _device_of(model: nn.Module, x: Tensor) -> torch.device:
+def _device_of(model: nn.Module, fallback: torch.device) -> torch.device:
     for tensor in model.parameters():
         return tensor.device
     for tensor in model.buffers():
         return tensor.device
-    return x.device
+    return fallback
 
 
 @contextlib.contextmanager

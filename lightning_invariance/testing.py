@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_invariance.batches import Batch, batch_size, check_batch
 from lightning_invariance.groups.actions import RepresentationAction, TrivialAction
 from lightning_invariance.groups.base import Group
 
@@ -72,7 +73,7 @@ class EquivarianceErrors:
 def equivariance_errors(
     model: Callable[[Tensor], Any],
     group: Group,
-    inputs: Tensor,
+    inputs: Batch,
     action: RepresentationAction | None = None,
     output: Callable[[Any], Tensor] | None = None,
 ) -> EquivarianceErrors:
@@ -85,6 +86,7 @@ def equivariance_errors(
         action: how each element should move the output; ``None``: it should not (invariance).
         output: takes the tensor to check out of the model's output (default: the output itself).
     """
+    check_batch(inputs, "`inputs`")
     action = action or TrivialAction()
     action.check_group(group)
     select = output or _require_tensor
@@ -98,8 +100,8 @@ def equivariance_errors(
                 f"The output for element {group.names[k]!r} has shape {tuple(transformed.shape)}, but the action "
                 f"gives {tuple(expected.shape)}."
             )
-        difference = (transformed - expected).reshape(len(inputs), -1)
-        expected = expected.reshape(len(inputs), -1)
+        difference = (transformed - expected).reshape(batch_size(inputs), -1)
+        expected = expected.reshape(batch_size(inputs), -1)
         absolute.append(difference.abs().amax(dim=1))
         relative.append(difference.norm(dim=1) / expected.norm(dim=1).clamp_min(1e-300))
         scale.append(expected.abs().amax(dim=1))
@@ -111,7 +113,7 @@ def assert_equivariant(
     model: Callable[[Tensor], Any],
     group: Group,
     action: RepresentationAction | None,
-    inputs: Tensor,
+    inputs: Batch,
     rtol: float | None = None,
     atol: float | None = None,
     output: Callable[[Any], Tensor] | None = None,
@@ -145,7 +147,7 @@ def assert_equivariant(
 def assert_invariant(
     model: Callable[[Tensor], Any],
     group: Group,
-    inputs: Tensor,
+    inputs: Batch,
     rtol: float | None = None,
     atol: float | None = None,
     output: Callable[[Any], Tensor] | None = None,

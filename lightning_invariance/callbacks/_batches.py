@@ -16,6 +16,8 @@ import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
+from lightning_invariance.batches import Batch, batch_size, detached_copy, slice_batch
+
 __all__ = ["InputCache", "dataset_size", "validation_batches"]
 
 
@@ -59,25 +61,25 @@ class InputCache:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.batches: dict[int, list[tuple[Tensor, Tensor | None]]] = {}
+        self.batches: dict[int, list[tuple[Batch, Tensor | None]]] = {}
         self.closed: set[int] = set()
 
     def count(self, index: int) -> int:
-        return sum(len(inputs) for inputs, _ in self.batches.get(index, []))
+        return sum(batch_size(inputs) for inputs, _ in self.batches.get(index, []))
 
     def full(self, index: int) -> bool:
         return self.count(index) >= self.size
 
-    def add(self, inputs: Tensor, labels: Tensor | None, index: int) -> None:
+    def add(self, inputs: Batch, labels: Tensor | None, index: int) -> None:
         """Copy what fits of one batch (normal tensors, usable outside validation's inference mode)."""
         room = self.size - self.count(index)
         if room <= 0:
             return
         with torch.inference_mode(False):
-            copied = (inputs[:room].detach().clone(), None if labels is None else labels[:room].clone())
+            copied = (detached_copy(slice_batch(inputs, 0, room)), None if labels is None else labels[:room].clone())
         self.batches.setdefault(index, []).append(copied)
 
-    def close(self, index: int) -> list[tuple[Tensor, Tensor | None]]:
+    def close(self, index: int) -> list[tuple[Batch, Tensor | None]]:
         """Stop filling dataloader ``index``'s cache; its batches so far."""
         self.closed.add(index)
         return self.batches.get(index, [])

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_invariance._rng import cuda_indices, fork_rng
+from lightning_invariance.batches import Batch, batch_size, slice_batch
 from lightning_invariance.callbacks._batches import InputCache, dataset_size, validation_batches
 from lightning_invariance.callbacks._scores import LINEAR_SCORES, LayerScores, OrderRecorder, ScoreOptions
 from lightning_invariance.callbacks._shares import cache_size, my_share
@@ -97,9 +98,9 @@ class Measurer:
             inputs = self.settings.get_input(batch)
             self.settings.group.check_input(inputs)
             labels = None if self.settings.get_target is None else self.settings.get_target(batch)
-            if labels is not None and labels.shape[:1] != inputs.shape[:1]:
+            if labels is not None and labels.shape[:1] != (batch_size(inputs),):
                 raise ValueError(
-                    f"the labels have shape {tuple(labels.shape)}, not one per input ({inputs.shape[0]} inputs)"
+                    f"the labels have shape {tuple(labels.shape)}, not one per input ({batch_size(inputs)} inputs)"
                 )
         except (TypeError, KeyError, ValueError) as error:
             raise MisconfigurationException(
@@ -121,7 +122,7 @@ class Measurer:
         self, trainer: pl.Trainer, inputs: Tensor, labels: Tensor | None, index: int, metrics: Mapping | None = None
     ) -> None:
         """Run the orbit of ``inputs`` and update dataloader ``index``'s metrics (or ``metrics``, per layer)."""
-        if inputs.shape[0] == 0:  # this process's share of the cached inputs can be empty under DDP
+        if batch_size(inputs) == 0:  # this process's share of the cached inputs can be empty under DDP
             return
         layers = self.settings.layers
         metrics = metrics or {layer: self.scores[(index, layer)] for layer in layers}
@@ -147,8 +148,7 @@ class Measurer:
                     self.lie_probe.run(inputs, lambda name, f, d: metrics[name].update_lie(f, d))
         except (ValueError, RuntimeError) as error:
             raise MisconfigurationException(
-                f"InvarianceMonitor could not measure inputs of shape {tuple(inputs.shape)} from dataloader "
-                f"{index}: {error}"
+                f"InvarianceMonitor could not measure inputs of shape {_shape(inputs)} from dataloader {index}: {error}"
             ) from error
 
     def check_one_batch(self, trainer: pl.Trainer, indices: Sequence[int], device: torch.device) -> None:
@@ -167,7 +167,8 @@ class Measurer:
                     layer: OrderRecorder(self._layer_scores(layer, device, False), order)
                     for layer in self.settings.layers
                 }
-                self.measure(trainer, inputs[:2], None if labels is None else labels[:2], index, recording)
+                first = slice_batch(inputs, 0, 2)
+                self.measure(trainer, first, None if labels is None else labels[:2], index, recording)
         self.layer_order = list(dict.fromkeys(order)) or self.layer_order
 
     def measure_loaders(self, trainer: pl.Trainer, indices: Sequence[int], device: torch.device) -> None:
@@ -204,13 +205,17 @@ class Measurer:
         if not any(score in LINEAR_SCORES for score in self.settings.scores):
             self.measure(trainer, share.inputs, share.labels, index)
             return
-        fit_count = min(max(share.total // 2 - share.start, 0), share.inputs.shape[0])  # in this process's share
+        fit_count = min(max(share.total // 2 - share.start, 0), batch_size(share.inputs))  # in this process's share
         labels = (None, None) if share.labels is None else (share.labels[:fit_count], share.labels[fit_count:])
-        self.measure(trainer, share.inputs[:fit_count], labels[0], index)
+        self.measure(trainer, slice_batch(share.inputs, 0, fit_count), labels[0], index)
         for layer in self.settings.layers:
             self.scores[(index, layer)].fit_linear_maps()
-        self.measure(trainer, share.inputs[fit_count:], labels[1], index)
+        self.measure(trainer, slice_batch(share.inputs, fit_count, batch_size(share.inputs)), labels[1], index)
 
     def compute(self, indices: Sequence[int]) -> dict[tuple[int, str], dict[str, Tensor]]:
         """Every (dataloader, layer)'s scores, synchronised across processes."""
         return {key: scores.compute() for key, scores in self.scores.items() if key[0] in indices}
+
+
+def _shape(inputs: Batch) -> object:
+    return tuple(inputs.shape) if isinstance(inputs, Tensor) else {k: tuple(v.shape) for k, v in inputs.items()}
