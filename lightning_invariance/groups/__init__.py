@@ -13,6 +13,7 @@ from lightning_invariance.groups.base import Group
 from lightning_invariance.groups.continuous import ContinuousRotation, Scaling
 from lightning_invariance.groups.euclidean3d import CubeRotations, Euclidean3D, RigidMotions, Rotation3D, Translation3D
 from lightning_invariance.groups.fields import FieldGroup
+from lightning_invariance.groups.graphs import GraphPermutation
 from lightning_invariance.groups.image import CyclicRotation, CyclicTranslation, Dihedral, Flip
 from lightning_invariance.groups.permutation import Permutation
 
@@ -26,6 +27,7 @@ __all__ = [
     "Euclidean3D",
     "FieldGroup",
     "Flip",
+    "GraphPermutation",
     "Group",
     "MatrixAction",
     "Permutation",

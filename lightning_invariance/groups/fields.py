@@ -59,14 +59,15 @@ class FieldGroup(Group):
 
     def check_input(self, x: Any) -> None:
         """Require a dict holding every named field, each of a shape the group acts on."""
-        if not isinstance(x, Mapping):
+        if not isinstance(x, Mapping) and not _is_graph(x):
             raise TypeError(
-                f"{self!r} acts on dict batches ({{field: tensor}}), got {type(x).__name__}; for a plain tensor "
-                f"use {self.group!r} itself."
+                f"{self!r} acts on dict batches ({{field: tensor}}) or torch_geometric graphs, got "
+                f"{type(x).__name__}; for a plain tensor use {self.group!r} itself."
             )
         missing = [name for name in self.fields + self.vectors + self.pairs if name not in x]
         if missing:
-            raise KeyError(f"{self!r} needs the fields {missing}, but the batch has {sorted(map(str, x))}.")
+            present = sorted(map(str, x.keys()))
+            raise KeyError(f"{self!r} needs the fields {missing}, but the batch has {present}.")
         for name in self.fields:
             self.group.check_input(x[name])
         for name in self.vectors:
@@ -82,12 +83,12 @@ class FieldGroup(Group):
                     f"Field {name!r} is indexed by two nodes on axes {dim} and {dim + 1}; got shape {tuple(shape)}."
                 )
 
-    def act(self, x: Any, k: int) -> dict[str, Tensor]:
+    def act(self, x: Any, k: int) -> Any:
         """Apply element ``k`` to every named field; the other fields are passed through unchanged."""
         if not 0 <= k < len(self):
             raise IndexError(f"{self!r} has {len(self)} elements (0..{len(self) - 1}), got element {k}.")
         self.check_input(x)
-        out = dict(x)
+        out = dict(x) if isinstance(x, Mapping) else x.clone()
         if k == 0:
             return out
         for name in self.fields:
@@ -112,3 +113,8 @@ class FieldGroup(Group):
             f"{n}={v}" for n, v in (("vectors", self.vectors), ("pairs", self.pairs)) if v
         ]
         return f"FieldGroup({self.group!r}, {', '.join(parts)})"
+
+
+def _is_graph(x: Any) -> bool:
+    """A torch_geometric ``Data``/``Batch``: fields by name, ``clone()`` (duck-typed: torch_geometric is optional)."""
+    return all(hasattr(x, name) for name in ("keys", "clone", "num_nodes"))
