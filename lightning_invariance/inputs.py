@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from lightning_invariance.batches import check_batch
+from lightning_invariance.batches import check_batch, is_graph_batch
 
 __all__ = ["InputGetter", "make_input_getter", "make_target_getter"]
 
@@ -17,9 +17,9 @@ InputGetter = Callable[[Any], Tensor]
 def make_input_getter(input_key: str | int | Callable[[Any], Tensor] | None = None) -> InputGetter:
     """Build ``batch -> input tensor``.
 
-    ``None``: the batch itself if it is a tensor, its first element if a tuple/list, its ``"input"``, ``"x"`` or
-    ``"image"`` entry if a dict. An ``int`` indexes a tuple/list, a ``str`` names a dict key, a callable is used as is
-    (it may return a dict of tensors, the fields a ``FieldGroup`` acts on).
+    ``None``: the batch itself if it is a tensor or a torch_geometric ``Batch``, its first element if a tuple/list,
+    its ``"input"``, ``"x"`` or ``"image"`` entry if a dict. An ``int`` indexes a tuple/list, a ``str`` names a dict
+    key, a callable is used as is (it may return a dict of tensors, the fields a ``FieldGroup`` acts on).
     Each getter raises ``TypeError``/``KeyError`` naming what it found when the batch does not fit.
     """
     if callable(input_key):
@@ -44,7 +44,7 @@ class _InputGetter:
     def __call__(self, batch: Any) -> Tensor:
         input_key = self.input_key
         if input_key is None:
-            if isinstance(batch, Tensor):
+            if isinstance(batch, Tensor) or is_graph_batch(batch):  # a torch_geometric Batch: the graphs themselves
                 return batch
             if isinstance(batch, (tuple, list)) and batch:
                 return _require_tensor(batch[0], "element 0 of the batch")
@@ -87,6 +87,8 @@ def make_target_getter(target_key: str | int | Callable[[Any], Tensor] | None = 
 
 
 def _default_target(batch: Any) -> Tensor:
+    if is_graph_batch(batch) and isinstance(getattr(batch, "y", None), Tensor):
+        return batch.y
     if isinstance(batch, (tuple, list)) and len(batch) > 1:
         return _require_tensor(batch[1], "element 1 of the batch (the labels)")
     if isinstance(batch, Mapping):
@@ -120,7 +122,7 @@ class _CheckedCallable:
 
     def __call__(self, batch: Any) -> Any:
         value = self.fn(batch)
-        if self.fields and isinstance(value, Mapping):
+        if self.fields and (isinstance(value, Mapping) or is_graph_batch(value)):
             check_batch(value, f"the value returned by {self.where}")
             return value
         return _require_tensor(value, f"the value returned by {self.where}")

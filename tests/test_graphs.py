@@ -129,3 +129,51 @@ def test_clear_errors_for_what_is_not_a_graph():
         GROUP.act(Data(x=torch.zeros(3, 1)), 1)
     moved = GraphPermutation(3, edge_index=None).act(Data(x=torch.arange(3.0)[:, None]), 1)
     assert sorted(moved.x.flatten().tolist()) == [0.0, 1.0, 2.0]
+
+
+def test_callback_measures_graph_batches(tmp_path):
+    import lightning.pytorch as pl
+    from torch_geometric.loader import DataLoader
+
+    from lightning_invariance import InvarianceMonitor
+
+    class GraphClassifier(pl.LightningModule):
+        def __init__(self, positional: bool) -> None:
+            super().__init__()
+            self.net = SumGNN(positional)
+
+        def forward(self, batch):
+            return self.net(batch)
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self(batch), batch.y)
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", nn.functional.cross_entropy(self(batch), batch.y), batch_size=batch.num_graphs)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+        def train_dataloader(self):
+            return DataLoader(_graphs(24, seed=1).to_data_list(), batch_size=8)
+
+        def val_dataloader(self):
+            return DataLoader(_graphs(20, seed=2).to_data_list(), batch_size=8)
+
+    values = {}
+    for positional in (False, True):
+        monitor = InvarianceMonitor(GROUP, max_samples=12, measure_before_training=True, print_summary=False)
+        trainer = pl.Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            logger=False,
+            callbacks=[monitor],
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
+        torch.manual_seed(0)
+        trainer.fit(GraphClassifier(positional))
+        values[positional] = [record["values"]["invariance/output/geed_normalized"] for record in monitor.history]
+    assert max(values[False]) < 1e-5 and min(values[True]) > 0.05
