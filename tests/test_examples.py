@@ -103,3 +103,11 @@ def test_point_cloud_example_invariant_model_measures_zero(tmp_path):
         assert invariant[layer] < 1e-5, layer
     assert upright["output"] > 0.1 and upright["net.points"] > 0.1
     assert invariant["rotated_acc"] == pytest.approx(invariant["val_acc"], abs=1e-6)
+
+
+def test_graph_example_message_passing_is_exactly_symmetric(tmp_path):
+    example = _example("graph_permutation")
+    passing = example.train("mp", example.MessagePassing(), epochs=2, logdir=tmp_path)
+    mlp = example.train("mlp", example.AdjacencyMLP(), epochs=2, logdir=tmp_path)
+    assert passing["nodes"] < 1e-5 and passing["output"] < 1e-5
+    assert mlp["output"] > 0.05

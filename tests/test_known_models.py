@@ -5,6 +5,7 @@ import torch
 
 from lightning_invariance import EquivarianceDeviation, InvarianceDeviation, Probe
 from lightning_invariance.groups import CyclicRotation, RegularAction, TrivialAction
+from lightning_invariance.testing import assert_equivariant, assert_invariant
 
 from models import C4Averaged, SmallCNN
 
@@ -24,6 +25,8 @@ def test_group_averaged_model_is_invariant():
     print(f"C4-averaged CNN: G-EED {raw.compute().item():.3g}, normalised {metric.compute().item():.3g}")
     assert raw.compute().item() < 1e-6
     assert metric.compute().item() < 1e-5
+    with torch.no_grad():
+        assert_invariant(model.eval(), GROUP, _images())  # every element and image within float32 tolerance
 
 
 def test_plain_cnn_is_not_invariant():
@@ -32,6 +35,8 @@ def test_plain_cnn_is_not_invariant():
     Probe(SmallCNN(), GROUP).update(_images(), {"output": metric})
     print(f"plain CNN: normalised G-EED {metric.compute().item():.3g}")
     assert metric.compute().item() > 0.05
+    with pytest.raises(AssertionError, match="not invariant"):
+        assert_invariant(SmallCNN().eval(), GROUP, _images())
 
 
 def test_e2cnn_regular_fields_are_equivariant_under_the_regular_action_only():
@@ -62,3 +67,5 @@ def test_e2cnn_regular_fields_are_equivariant_under_the_regular_action_only():
     )
     assert regular.compute().item() < 1e-4
     assert trivial.compute().item() > 0.1
+    with torch.no_grad():  # the same, with the assertion helper: every element and image, float32 tolerances
+        assert_equivariant(lambda x: wrapper(x).tensor, GROUP, RegularAction(GROUP), _images(16, 13))
