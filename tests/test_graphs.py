@@ -177,3 +177,19 @@ def test_callback_measures_graph_batches(tmp_path):
         trainer.fit(GraphClassifier(positional))
         values[positional] = [record["values"]["invariance/output/geed_normalized"] for record in monitor.history]
     assert max(values[False]) < 1e-5 and min(values[True]) > 0.05
+
+
+def test_graph_batch_geed_equals_a_loop_over_single_graphs():
+    """The metric on a batch of graphs equals centroid distances computed graph by graph, element by element."""
+    torch.manual_seed(0)
+    model, batch = SumGNN(positional=True), _graphs(count=7)
+    metric = InvarianceDeviation(GROUP)
+    Probe(model, GROUP, chunk_size=12).update(batch, {"output": metric})
+    total = 0.0
+    with torch.no_grad():
+        for graph in batch.to_data_list():
+            single = Batch.from_data_list([graph])
+            rows = [model(GROUP.act(single, k))[0].double() for k in range(len(GROUP))]
+            centroid = sum(rows) / len(rows)
+            total += sum(float((row - centroid).norm()) for row in rows)
+    assert metric.compute().item() == pytest.approx(total / (7 * len(GROUP)), rel=1e-6)

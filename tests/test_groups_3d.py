@@ -285,3 +285,21 @@ def test_max_error_equals_e3nn_equivariance_error(broken):
     # e3nn rounds its reported error to float32 (0.58487272 vs our float64 0.58487271); equal to that rounding
     assert ours.absolute.max().item() == pytest.approx(theirs, rel=1e-6, abs=1e-13)
     assert (theirs > 1e-3) == broken
+
+
+@pytest.mark.parametrize(
+    "group", [Rotation3D(6, reflections=True), Translation3D(6, scale=2.0), Euclidean3D(6, reflections=True)]
+)
+def test_sampled_groups_compose_and_invert_as_rigid_motions(group):
+    """Acting twice is the motion (R_b R_a, t_a R_b^T + t_b); acting with (R^T, -t R) undoes an element."""
+    points = torch.randn(3, 5, 3, dtype=torch.float64)
+    rotations, shifts = group.matrices(), group.translations()
+    for a, b in itertools.product(range(len(group)), repeat=2):
+        twice = group.act(group.act(points, a), b)
+        composed = points @ (rotations[b] @ rotations[a]).T + shifts[a] @ rotations[b].T + shifts[b]
+        assert torch.allclose(twice, composed, atol=1e-12)
+    for k in range(len(group)):
+        inverse = RigidMotions(
+            torch.stack([EYE, rotations[k].T]), torch.stack([torch.zeros(3), -shifts[k] @ rotations[k]])
+        )
+        assert torch.allclose(inverse.act(group.act(points, k), 1), points, atol=1e-12)
