@@ -211,3 +211,38 @@ def test_callback_measures_dict_batches(tmp_path, max_samples):
         trainer.fit(GraphClassifier(invariant))
         values[invariant] = monitor.history[-1]["values"]["invariance/output/geed_normalized"]
     assert values[True] < 1e-5 and values[False] > 0.01
+
+
+def _share_worker(rank: int, world_size: int, port: int, path: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from lightning_invariance.callbacks._shares import my_share
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    graphs = _graphs(n=11)
+    mine = [i for i in range(11) if i % world_size == rank]  # a DistributedSampler's round-robin dealing
+    cached = [({key: graphs[key][mine] for key in ("x", "adj")}, graphs["y"][mine])]
+    share = my_share(cached, max_samples=9, dataset_size=11)
+    torch.save({"inputs": share.inputs, "labels": share.labels, "start": share.start}, f"{path}_{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ddp_shares_of_dict_batches_are_the_one_process_inputs_in_order(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = str(tmp_path / "share")
+    mp.spawn(_share_worker, args=(2, port, path), nprocs=2, join=True)
+    shares = [torch.load(f"{path}_{rank}.pt") for rank in range(2)]
+    graphs = _graphs(n=11)
+    joined = concat_batches([share["inputs"] for share in shares])
+    assert torch.equal(joined["x"], graphs["x"][:9]) and torch.equal(joined["adj"], graphs["adj"][:9])
+    assert torch.equal(torch.cat([share["labels"] for share in shares]), graphs["y"][:9])
+    assert [share["start"] for share in shares] == [0, 4]
