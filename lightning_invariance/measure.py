@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from tqdm.auto import tqdm
 
+from lightning_invariance._checks import check_optional_positive
 from lightning_invariance.groups.base import Group
 from lightning_invariance.inputs import make_input_getter
 from lightning_invariance.probe import OUTPUT, Probe
@@ -45,8 +46,7 @@ def measure(
     """
     if not isinstance(metrics, (Metric, MetricCollection)):
         raise TypeError(f"Expected `metrics` to be a Metric or MetricCollection, got {type(metrics).__name__}.")
-    if max_batches is not None and max_batches < 1:
-        raise ValueError(f"Expected `max_batches` to be a positive int or None, but got {max_batches!r}.")
+    check_optional_positive("max_batches", max_batches)
     probe = Probe(model, group, layers, chunk_size=chunk_size)
     per_layer = {name: metrics.clone() for name in probe.layers}
     get_input = make_input_getter(input_key)

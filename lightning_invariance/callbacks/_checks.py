@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+from lightning_invariance._checks import is_positive_int
 from lightning_invariance.callbacks._scores import LINEAR_SCORES
 from lightning_invariance.functional.lie import GENERATORS
 from lightning_invariance.groups.actions import RepresentationAction
@@ -176,5 +177,6 @@ def check_options(name: str, values: Sequence[str], allowed: Sequence[str]) -> N
 
 
 def check_positive(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    """The shared positive-int check, raised as Lightning's ``MisconfigurationException``."""
+    if not is_positive_int(value):
         raise MisconfigurationException(f"`{name}` must be a positive int, got {value!r}.")

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from lightning_invariance._checks import check_positive
 from lightning_invariance._rng import cuda_indices, fork_rng
 from lightning_invariance.groups.base import Group
 
@@ -39,8 +40,7 @@ class AugmentationFamily(Group):
     def __init__(self, fn: Callable[[Tensor], Tensor], num_elements: int, seed: int = 0, name: str = "aug") -> None:
         if not callable(fn):
             raise TypeError(f"Expected argument `fn` of AugmentationFamily to be callable, got {type(fn).__name__}.")
-        if not isinstance(num_elements, int) or isinstance(num_elements, bool) or num_elements < 1:
-            raise ValueError(f"Expected argument `num_elements` to be a positive int, but got {num_elements!r}.")
+        check_positive("num_elements", num_elements, "AugmentationFamily")
         self.fn, self.seed = fn, int(seed)
         super().__init__(["identity"] + [f"{name}{k}" for k in range(1, num_elements)])
 

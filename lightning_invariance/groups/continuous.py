@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_invariance._checks import check_positive
 from lightning_invariance.groups.base import Group
 
 __all__ = ["ContinuousRotation", "Scaling", "affine_transform", "rotation_matrix"]
@@ -40,11 +41,6 @@ def affine_transform(x: Tensor, matrix: Tensor, mode: str = "bilinear", padding_
 def _seeded_uniform(count: int, low: float, high: float, seed: int) -> list[float]:
     generator = torch.Generator().manual_seed(seed)
     return (low + (high - low) * torch.rand(count, generator=generator, dtype=torch.float64)).tolist()
-
-
-def _check_count(name: str, num_elements: int) -> None:
-    if not isinstance(num_elements, int) or isinstance(num_elements, bool) or num_elements < 1:
-        raise ValueError(f"Expected argument `num_elements` of {name} to be a positive int, but got {num_elements!r}.")
 
 
 class _AffineFamily(Group):
@@ -100,7 +96,7 @@ class ContinuousRotation(_AffineFamily):
         padding_mode: str = "zeros",
     ) -> None:
         if angles is None:
-            _check_count("ContinuousRotation", num_elements)
+            check_positive("num_elements", num_elements, "ContinuousRotation")
             angles = _seeded_uniform(num_elements - 1, -max_degrees, max_degrees, seed)
         angles = [float(a) for a in angles]
         if any(a % 360.0 == 0.0 for a in angles):
@@ -133,7 +129,7 @@ class Scaling(_AffineFamily):
         padding_mode: str = "zeros",
     ) -> None:
         if factors is None:
-            _check_count("Scaling", num_elements)
+            check_positive("num_elements", num_elements, "Scaling")
             low, high = factor_range
             if not 0 < low <= high:
                 raise ValueError(f"Expected `factor_range` to be (low, high) with 0 < low <= high, got {factor_range}.")

@@ -15,6 +15,7 @@ import math
 import torch
 from torch import Tensor
 
+from lightning_invariance._checks import check_positive
 from lightning_invariance.groups.base import Group
 
 __all__ = ["CubeRotations", "Euclidean3D", "RigidMotions", "Rotation3D", "Translation3D"]
@@ -94,12 +95,6 @@ def _uniform_rotations(count: int, generator: torch.Generator) -> Tensor:
     )
 
 
-def _check_count(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"Expected argument `{name}` to be a positive int, but got {value!r}.")
-    return value
-
-
 class Rotation3D(RigidMotions):
     """A seeded sample of SO(3) (or O(3) with ``reflections=True``), identity first, acting on ``(..., 3)`` points.
 
@@ -121,7 +116,7 @@ class Rotation3D(RigidMotions):
     """
 
     def __init__(self, num_elements: int = 8, reflections: bool = False, seed: int = 0) -> None:
-        _check_count("num_elements", num_elements)
+        check_positive("num_elements", num_elements, "Rotation3D")
         self.reflections, self.seed = bool(reflections), int(seed)
         generator = torch.Generator().manual_seed(self.seed)
         identity = torch.eye(3, dtype=torch.float64)[None]
@@ -186,7 +181,7 @@ class Translation3D(RigidMotions):
     """
 
     def __init__(self, num_elements: int = 8, scale: float = 1.0, seed: int = 0) -> None:
-        _check_count("num_elements", num_elements)
+        check_positive("num_elements", num_elements, "Translation3D")
         if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"Expected argument `scale` to be a positive number, but got {scale!r}.")
         self.scale, self.seed = float(scale), int(seed)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_invariance._checks import check_positive
 from lightning_invariance.groups.base import Group
 
 __all__ = ["GraphPermutation"]
@@ -44,8 +45,7 @@ class GraphPermutation(Group):
         node_fields: Sequence[str] | None = None,
         edge_index: str | None = "edge_index",
     ) -> None:
-        if not isinstance(num_elements, int) or isinstance(num_elements, bool) or num_elements < 1:
-            raise ValueError(f"Expected `num_elements` to be a positive int, but got {num_elements!r}.")
+        check_positive("num_elements", num_elements, "GraphPermutation")
         self.seed, self.edge_index = int(seed), edge_index
         self.node_fields = None if node_fields is None else list(node_fields)
         self._cache: dict[int, Tensor] = {}

@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from lightning_invariance._checks import check_positive
 from lightning_invariance.groups.base import Group
 from lightning_invariance.groups.continuous import affine_transform, rotation_matrix
 
@@ -46,8 +47,7 @@ class CyclicRotation(Group):
     """
 
     def __init__(self, n: int = 4) -> None:
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"Expected argument `n` of CyclicRotation to be a positive int, but got {n!r}.")
+        check_positive("n", n, "CyclicRotation")
         self.n = n
         self.degrees = [360.0 * k / n for k in range(n)]
         super().__init__(["identity"] + [f"rot{_format_degrees(d)}" for d in self.degrees[1:]])
@@ -100,8 +100,7 @@ class Dihedral(Group):
     """
 
     def __init__(self, n: int = 4) -> None:
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"Expected argument `n` of Dihedral to be a positive int, but got {n!r}.")
+        check_positive("n", n, "Dihedral")
         self.n = n
         self.degrees = [360.0 * k / n for k in range(n)]
         rotations = ["identity"] + [f"rot{_format_degrees(d)}" for d in self.degrees[1:]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_invariance._checks import check_positive
 from lightning_invariance.groups.base import Group
 
 __all__ = ["Permutation"]
@@ -30,8 +31,7 @@ class Permutation(Group):
     """
 
     def __init__(self, dim: int = 1, num_elements: int = 8, seed: int = 0) -> None:
-        if not isinstance(num_elements, int) or isinstance(num_elements, bool) or num_elements < 1:
-            raise ValueError(f"Expected `num_elements` of Permutation to be a positive int, got {num_elements!r}.")
+        check_positive("num_elements", num_elements, "Permutation")
         if dim == 0:
             raise ValueError("Permutation cannot permute axis 0, the sample axis; choose the set or sequence axis.")
         self.dim, self.seed = int(dim), int(seed)

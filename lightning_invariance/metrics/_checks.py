@@ -7,23 +7,9 @@ from typing import Any
 
 from torch import Tensor
 
+from lightning_invariance._checks import check_optional_positive, check_positive
+
 __all__ = ["check_labels", "check_optional_positive", "check_positive", "warn_nan"]
-
-
-def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def check_positive(name: str, value: Any) -> None:
-    """Accept a positive int; raise the torchmetrics-style ``ValueError`` otherwise."""
-    if not _is_positive_int(value):
-        raise ValueError(f"Expected argument `{name}` to be a positive int, but got {value!r}.")
-
-
-def check_optional_positive(name: str, value: Any) -> None:
-    """Accept ``None`` or a positive int; raise the torchmetrics-style ``ValueError`` otherwise."""
-    if value is not None and not _is_positive_int(value):
-        raise ValueError(f"Expected argument `{name}` to be None or a positive int, but got {value!r}.")
 
 
 def check_labels(labels: Any, orbit_features: Tensor, num_classes: int) -> None:
