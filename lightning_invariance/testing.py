@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_invariance.batches import Batch, batch_size, check_batch
+from lightning_invariance.batches import Batch, check_batch
 from lightning_invariance.groups.actions import RepresentationAction, TrivialAction
 from lightning_invariance.groups.base import Group
 
@@ -47,7 +47,9 @@ def default_tolerances(dtype: torch.dtype) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class EquivarianceErrors:
-    """Errors of ``f(g . x)`` against the expected output, per element (axis 0) and input (axis 1), float64.
+    """Errors of ``f(g . x)`` against the expected output, per element (axis 0) and output row (axis 1), float64.
+
+    A row is an input for per-sample outputs, a node for per-node outputs of a graph batch (``(nodes, ...)``).
 
     ``absolute``: the largest component-wise error; ``relative``: the error's norm over the expected output's norm
     (over ``1e-300`` when that norm is 0); ``scale``: the expected output's largest absolute component.
@@ -100,8 +102,9 @@ def equivariance_errors(
                 f"The output for element {group.names[k]!r} has shape {tuple(transformed.shape)}, but the action "
                 f"gives {tuple(expected.shape)}."
             )
-        difference = (transformed - expected).reshape(batch_size(inputs), -1)
-        expected = expected.reshape(batch_size(inputs), -1)
+        rows = expected.shape[0] if expected.ndim else 1  # inputs, or nodes for per-node outputs of graphs
+        difference = (transformed - expected).reshape(rows, -1)
+        expected = expected.reshape(rows, -1)
         absolute.append(difference.abs().amax(dim=1))
         relative.append(difference.norm(dim=1) / expected.norm(dim=1).clamp_min(1e-300))
         scale.append(expected.abs().amax(dim=1))
@@ -132,9 +135,10 @@ def assert_equivariant(
         k, n = errors.worst()
         what = "invariant" if action is None or action.trivial else f"equivariant under {action!r}"
         raise AssertionError(
-            f"The model is not {what} for {group!r}: {int(failed.sum())} of {failed.numel()} (element, input) pairs "
+            f"The model is not {what} for {group!r}: {int(failed.sum())} of {failed.numel()} (element, row) pairs "
             f"exceed atol={atol:g} + rtol={rtol:g} x scale. Worst: element {errors.element_names[k]!r} (index {k}) on "
-            f"input {n}, relative error {float(errors.relative[k, n]):.3g}, largest component error "
+            f"output row {n} (the input, or the node of a graph batch), relative error "
+            f"{float(errors.relative[k, n]):.3g}, largest component error "
             f"{float(errors.absolute[k, n]):.3g} (output scale {float(errors.scale[k, n]):.3g}). Worst relative "
             f"error per element: "
             + ", ".join(

@@ -7,7 +7,7 @@ from torch import nn
 from lightning_invariance import InvarianceDeviation, Probe
 from lightning_invariance.batches import batch_size, orbit_batch, slice_batch
 from lightning_invariance.groups import FieldGroup, GraphPermutation, Rotation3D
-from lightning_invariance.testing import assert_invariant
+from lightning_invariance.testing import assert_equivariant, assert_invariant
 
 pyg = pytest.importorskip("torch_geometric")
 from torch_geometric.data import Batch, Data  # noqa: E402
@@ -193,3 +193,22 @@ def test_graph_batch_geed_equals_a_loop_over_single_graphs():
             centroid = sum(rows) / len(rows)
             total += sum(float((row - centroid).norm()) for row in rows)
     assert metric.compute().item() == pytest.approx(total / (7 * len(GROUP)), rel=1e-6)
+
+
+def test_per_node_forces_of_graph_batches_rotate_with_the_positions():
+    from lightning_invariance.groups import VectorAction
+
+    def forces(batch):  # -d/dpos of a sum over edges of exp(-length): one 3-vector per node, rotation-equivariant
+        pos = batch.pos.detach().double().requires_grad_(True)
+        source, target = batch.edge_index
+        energy = torch.exp(-(pos[source] - pos[target]).norm(dim=-1)).sum()
+        return -torch.autograd.grad(energy, pos)[0]
+
+    rotations = Rotation3D(6, reflections=True)
+    group = FieldGroup(rotations, fields=["pos"])
+    batch = _graphs()
+    batch.pos = batch.pos.double()  # rotated in float64, so float64 tolerances apply
+    errors = assert_equivariant(forces, group, VectorAction(rotations), batch)
+    assert errors.absolute.shape == (6, batch.num_nodes)  # one row per node
+    with pytest.raises(AssertionError, match="output row"):
+        assert_equivariant(lambda b: forces(b) + 1.0, group, VectorAction(rotations), batch)

@@ -211,7 +211,7 @@ def test_assert_invariant_passes_and_fails_with_the_worst_element_and_input():
     errors = assert_invariant(PairwiseEnergy(), Euclidean3D(6, scale=2.0), points)
     assert errors.absolute.shape == (6, 16) and errors.relative.dtype == torch.float64
     mlp = FlatMLP()
-    with pytest.raises(AssertionError, match=r"not invariant .*Worst: element 'rot\d' \(index \d\) on input \d+"):
+    with pytest.raises(AssertionError, match=r"not invariant .*Worst: element 'rot\d' \(index \d\) on output row \d+"):
         assert_invariant(mlp, Rotation3D(4), points)
     found = equivariance_errors(mlp, Rotation3D(4), points)
     k, n = found.worst()
