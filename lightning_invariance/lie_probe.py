@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 from torch.func import jvp
-from torchmetrics import Metric, MetricCollection
 
+from lightning_invariance._layers import OUTPUT, LayerRunner, device_of, features_of, hooks, measuring
 from lightning_invariance.functional.lie import GENERATORS, derivative_along
-from lightning_invariance.metrics._checks import check_optional_positive
-from lightning_invariance.probe import (
-    CPU_CHUNK_SIZE,
-    OUTPUT,
-    _device_of,
-    _hooks,
-    _measuring,
-    features_of,
-    metric_targets,
-    resolve_layers,
-)
 
 __all__ = ["LieProbe"]
 
@@ -29,7 +18,7 @@ LieConsumer = Callable[[str, Tensor, Tensor], None]
 ACCELERATOR_LIE_CHUNK_SIZE = 1024
 
 
-class LieProbe:
+class LieProbe(LayerRunner):
     """Compute ``f(x)`` and its Lie derivative ``L f(x)`` for named layers of a model, chunk by chunk.
 
     ``L f(x) = d/dt f(T_t x)`` at ``t = 0`` for the layers in ``layers`` (invariance), and
@@ -60,6 +49,8 @@ class LieProbe:
         [('output', (5, 3))]
     """
 
+    accelerator_chunk_size = ACCELERATOR_LIE_CHUNK_SIZE
+
     def __init__(
         self,
         model: nn.Module,
@@ -68,39 +59,22 @@ class LieProbe:
         equivariant_layers: Sequence[str] = (),
         chunk_size: int | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}.")
         if generator not in GENERATORS:
             raise ValueError(f"Expected argument `generator` to be one of {GENERATORS} but got {generator!r}.")
-        layers = [layers] if isinstance(layers, str) else list(layers)
+        super().__init__(model, layers, chunk_size)
         equivariant_layers = [equivariant_layers] if isinstance(equivariant_layers, str) else list(equivariant_layers)
-        if not layers or len(set(layers)) != len(layers):
-            raise ValueError(f"Expected distinct layer names in `layers`, got {layers}.")
-        stray = [name for name in equivariant_layers if name not in layers]
+        stray = [name for name in equivariant_layers if name not in self.layers]
         if stray:
-            raise ValueError(f"`equivariant_layers` names {stray}, which are not in `layers` {layers}.")
-        check_optional_positive("chunk_size", chunk_size)
-        self.model, self.generator, self.chunk_size = model, generator, chunk_size
-        self.layers, self.equivariant_layers = layers, set(equivariant_layers)
-        self._modules = resolve_layers(model, layers)
-
-    def update(self, x: Tensor, metrics: Mapping[str, Metric | MetricCollection | Iterable[Metric]]) -> None:
-        """Run ``x`` and call ``metric.update(features, derivatives)`` of ``metrics[layer]`` for every chunk."""
-        targets = metric_targets(metrics, self.layers)
-
-        def feed(name: str, features: Tensor, derivatives: Tensor) -> None:
-            for metric in targets.get(name, ()):
-                metric.update(features, derivatives)
-
-        self.run(x, feed)
+            raise ValueError(f"`equivariant_layers` names {stray}, which are not in `layers` {self.layers}.")
+        self.generator, self.equivariant_layers = generator, set(equivariant_layers)
 
     def run(self, x: Tensor, consume: LieConsumer) -> None:
         """Call ``consume(layer, features, derivatives)`` (both ``(n, ...)``, detached) per layer and chunk."""
         if not isinstance(x, Tensor) or x.ndim < 3 or x.shape[0] == 0 or not x.is_floating_point():
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"LieProbe needs a non-empty float image batch (N, H, W) or (N, C, H, W), got {shape}.")
-        device = _device_of(self.model, x.device)
-        chunk = self.chunk_size or (CPU_CHUNK_SIZE if device.type == "cpu" else ACCELERATOR_LIE_CHUNK_SIZE)
+        device = device_of(self.model, x.device)
+        chunk = self.inputs_per_pass(device)
         input_size = (x.shape[-2], x.shape[-1])
         captured: dict[str, Tensor] = {}
 
@@ -115,7 +89,7 @@ class LieProbe:
                 raise RuntimeError(f"Layer(s) {missing} did not run during the forward pass; check the module paths.")
             return tuple(captured[name] for name in self.layers)
 
-        with _measuring(self.model, device), _hooks(self._modules, capture):
+        with measuring(self.model, device), hooks(self._modules, capture):
             for start in range(0, x.shape[0], chunk):
                 inputs = x[start : start + chunk].to(device)
                 tangent = derivative_along(inputs, self.generator)

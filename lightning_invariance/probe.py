@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import Metric, MetricCollection
 
-from lightning_invariance._rng import cuda_indices, fork_rng
+from lightning_invariance._layers import (
+    OUTPUT,
+    LayerRunner,
+    device_of,
+    features_of,
+    hooks,
+    measuring,
+    resolve_layers,
+)
 from lightning_invariance.batches import (
     Batch,
     batch_device,
@@ -21,36 +27,13 @@ from lightning_invariance.batches import (
     slice_batch,
 )
 from lightning_invariance.groups.base import Group
-from lightning_invariance.metrics._checks import check_optional_positive
 
 __all__ = ["OUTPUT", "Probe", "features_of", "resolve_layers"]
-
-#: The layer name that denotes the model's own output.
-OUTPUT = "output"
-#: Default inputs per forward pass (``chunk_size=None``) on CPU and on accelerators.
-CPU_CHUNK_SIZE, ACCELERATOR_CHUNK_SIZE = 128, 2048
 
 Consumer = Callable[[str, Tensor], None]
 
 
-def features_of(value: Any, layer: str) -> Tensor:
-    """The tensor a module returned: itself, the first tensor of a tuple/list, or ``.tensor`` (e2cnn)."""
-    if isinstance(value, Tensor):
-        return value
-    if isinstance(getattr(value, "tensor", None), Tensor):
-        return value.tensor
-    if isinstance(value, (tuple, list)):
-        for item in value:
-            if isinstance(item, Tensor) or isinstance(getattr(item, "tensor", None), Tensor):
-                return features_of(item, layer)
-    raise TypeError(
-        f"Layer {layer!r} returned a {type(value).__name__}, which holds no tensor the probe can capture (accepted: "
-        "a Tensor, a tuple/list whose first tensor is used, or an object with a `.tensor`, e.g. e2cnn's "
-        "GeometricTensor). Capture a submodule that returns a tensor instead."
-    )
-
-
-class Probe:
+class Probe(LayerRunner):
     """Compute orbit features ``(|G|, N, ...)`` of a model's layers for a batch, and feed them to metrics.
 
     The whole orbit of a chunk of samples runs through the model in one forward pass (``|G| x n`` inputs, with
@@ -87,44 +70,20 @@ class Probe:
         layers: Sequence[str] = (OUTPUT,),
         chunk_size: int | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}.")
         if not isinstance(group, Group):
             raise TypeError(f"Expected `group` to be a lightning_invariance Group, but got {type(group).__name__}.")
-        if isinstance(layers, str):
-            layers = [layers]
-        if not layers:
-            raise ValueError('Expected at least one layer name in `layers` ("output" for the model output).')
-        if len(set(layers)) != len(layers):
-            raise ValueError(f"`layers` lists a name twice: {list(layers)}.")
-        check_optional_positive("chunk_size", chunk_size)
-        self.model, self.group = model, group
-        self.layers = list(layers)
-        self.chunk_size = chunk_size
-        self._modules = resolve_layers(model, self.layers)
+        super().__init__(model, layers, chunk_size)
+        self.group = group
 
     def samples_per_chunk(self, device: torch.device | None = None) -> int:
         """How many samples (each with its whole orbit) go through one forward pass on ``device``."""
-        if device is None:
-            device = _device_of(self.model, torch.device("cpu"))
-        chunk = self.chunk_size or (CPU_CHUNK_SIZE if device.type == "cpu" else ACCELERATOR_CHUNK_SIZE)
-        return max(1, chunk // len(self.group))
+        return max(1, self.inputs_per_pass(device) // len(self.group))
 
     def orbit_features(self, x: Batch) -> dict[str, Tensor]:
         """Orbit features of every layer for the batch ``x``: ``{layer: (|G|, N, ...)}``, identity first."""
         parts: dict[str, list[Tensor]] = {name: [] for name in self.layers}
         self.run(x, lambda name, features: parts[name].append(features.clone()))
         return {name: torch.cat(chunks, dim=1) for name, chunks in parts.items()}
-
-    def update(self, x: Batch, metrics: Mapping[str, Metric | MetricCollection | Iterable[Metric]]) -> None:
-        """Run the orbit of ``x`` and update ``metrics[layer]`` (a metric, a collection or several) per chunk."""
-        targets = metric_targets(metrics, self.layers)
-
-        def feed(name: str, features: Tensor) -> None:
-            for metric in targets.get(name, ()):
-                metric.update(features)
-
-        self.run(x, feed)
 
     def run(self, x: Batch, consume: Consumer) -> None:
         """Call ``consume(layer, features)`` with ``(|G|, n, ...)`` features for each layer and chunk of ``x``.
@@ -138,7 +97,7 @@ class Probe:
             shape = tuple(x.shape) if isinstance(x, Tensor) else {k: tuple(v.shape) for k, v in x.items()}
             raise ValueError(f"Expected a non-empty batch with the sample axis first, got shape {shape}.")
         self.group.check_input(x)  # before any forward pass
-        device = _device_of(self.model, batch_device(x))
+        device = device_of(self.model, batch_device(x))
         calls = dict.fromkeys(self.layers, 0)
         chunk_inputs = [0]
 
@@ -158,7 +117,7 @@ class Probe:
             consume(name, value.unflatten(0, (len(self.group), -1)))
 
         per_chunk = self.samples_per_chunk(device)
-        with _measuring(self.model, device), _hooks(self._modules, capture):
+        with measuring(self.model, device), hooks(self._modules, capture):
             for start in range(0, batch_size(x), per_chunk):
                 chunk = batch_to(slice_batch(x, start, start + per_chunk), device)
                 orbit = orbit_batch(self.group, chunk)
@@ -171,118 +130,3 @@ class Probe:
                         f"Layer(s) {silent} did not run during the forward pass, so nothing was "
                         "captured; check the module paths against the model's forward."
                     )
-
-
-def metric_targets(
-    metrics: Mapping[str, Metric | MetricCollection | Iterable[Metric]], layers: Sequence[str]
-) -> dict[str, list[Metric | MetricCollection]]:
-    """``{layer: [metrics to update]}`` from a metric, a collection or several per layer; unknown layers raise."""
-    unknown = sorted(set(metrics) - set(layers))
-    if unknown:
-        raise KeyError(f"metrics are given for layers {unknown} that this probe does not capture {list(layers)}.")
-    return {
-        name: [value] if isinstance(value, (Metric, MetricCollection)) else list(value)
-        for name, value in metrics.items()
-    }
-
-
-def resolve_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
-    """Map layer names to modules; ``"output"`` (or ``""``) is the model itself. Unknown names raise ``ValueError``.
-
-    In a ``torch.compile``-d model (or submodule) a layer may be named with or without the ``_orig_mod.`` part that
-    compilation adds to module paths: ``"0"`` and ``"_orig_mod.0"`` are the same layer.
-    """
-    modules = dict(model.named_modules())
-    for name, module in list(modules.items()):
-        modules.setdefault(_uncompiled_name(name), module)
-    if OUTPUT in modules:
-        raise ValueError(
-            f"The model has a submodule named {OUTPUT!r}, which clashes with the name of the model's "
-            "output; rename that submodule to capture it."
-        )
-    resolved = {}
-    for name in layers:
-        if name in (OUTPUT, ""):
-            resolved[name] = model
-        elif name in modules:
-            resolved[name] = modules[name]
-        else:
-            valid = [n for n in modules if n and "_orig_mod" not in n.split(".")]
-            shown = ", ".join(repr(n) for n in valid[:40]) + (f", ... ({len(valid)} in all)" if len(valid) > 40 else "")
-            raise ValueError(
-                f"Unknown layer {name!r}. Valid names are {OUTPUT!r} (the model output) and the module "
-                f"paths of model.named_modules(): {shown}."
-            )
-    return resolved
-
-
-def _uncompiled_name(name: str) -> str:
-    return ".".join(part for part in name.split(".") if part != "_orig_mod")
-
-
-def _device_of(model: nn.Module, fallback: torch.device) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return fallback
-
-
-@contextlib.contextmanager
-def _measuring(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Eval mode, no autograd, eager execution and private RNG streams; modes restored on the way out.
-
-    Compiled code (``torch.compile`` of the model or of a submodule) runs eagerly here: dynamo would otherwise trace
-    the measuring hooks into the graph, or skip hooks registered after compilation, and the captured layers would
-    see nothing. The values are those of the eager model, which a compiled model matches to float tolerance.
-    """
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        with torch.no_grad(), fork_rng(cuda_indices(device)), _eager(model):
-            model.eval()
-            yield
-    finally:
-        restore_modes(modes)
-
-
-def _eager(model: nn.Module) -> contextlib.AbstractContextManager[None]:
-    """Run ``torch.compile``-d code eagerly inside the block; without compiler stances (torch < 2.6), refuse."""
-    set_stance = getattr(torch.compiler, "set_stance", None)
-    if set_stance is not None:
-        return set_stance("force_eager")
-    if any(type(module).__name__ == "OptimizedModule" for module in model.modules()):
-        raise RuntimeError(
-            "Measuring a torch.compile-d model needs torch >= 2.6 (torch.compiler.set_stance), this is "
-            f"{torch.__version__}: measure the uncompiled module (`compiled._orig_mod`) instead."
-        )
-    return contextlib.nullcontext()
-
-
-def restore_modes(modes: Sequence[tuple[nn.Module, bool]]) -> None:
-    """Give each module back its mode through ``train()``, parents first.
-
-    Going through ``train()`` rather than setting ``.training`` lets modules that keep mode-dependent state undo it
-    (e2cnn's ``R2Conv`` builds a ``filter`` buffer in eval mode and drops it in train mode).
-    """
-    for module, training in modes:  # model.modules() lists parents before their children
-        if module.training != training:
-            module.train(training)
-
-
-@contextlib.contextmanager
-def _hooks(modules: Mapping[str, nn.Module], capture: Callable[[str, Any], None]) -> Iterator[None]:
-    handles = []
-
-    def hook_for(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            capture(name, output)
-
-        return hook
-
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(hook_for(name)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
