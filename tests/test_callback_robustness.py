@@ -264,3 +264,64 @@ def test_constructor_messages(kwargs, message):
 
 def test_augmentation_family_is_accepted():
     InvarianceMonitor(AugmentationFamily(lambda x: x, num_elements=2, seed=0))
+
+
+# ------------------------------------------------------------------ a time budget (issue 11)
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TimedClassifier(ImageClassifier):
+    """On a fake clock: a training step costs 1 s and every eval-mode forward 0.5 s (validation_step runs none)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def training_step(self, batch, batch_idx):
+        self.clock.now += 1.0
+        return super().training_step(batch, batch_idx)
+
+    def forward(self, x):
+        if not self.training:
+            self.clock.now += 0.5
+        return super().forward(x)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        pass
+
+
+def test_max_overhead_skips_measurements_to_stay_within_the_budget(tmp_path):
+    clock = FakeClock()
+    monitor = InvarianceMonitor(GROUP, max_samples=16, max_overhead=0.0625)  # 1/16: exact in binary
+    monitor._budget.clock = clock
+    trainer = _trainer(tmp_path, [monitor], max_epochs=8, num_sanity_val_steps=0)
+    trainer.fit(TimedClassifier(clock))
+    # 4 s of training per epoch, 0.5 s per measurement: measure when spent + 0.5 <= (4 x epochs so far) / 16
+    assert [record["epoch"] for record in monitor.history] == [0, 3, 5, 7]
+    assert [record["seconds"] for record in monitor.history] == [0.5] * 4
+    budget = monitor._budget
+    assert budget.train_seconds == 32.0 and budget.measure_seconds == 2.0 <= 0.0625 * 32.0 and budget.skipped == 4
+    summary = "measuring took 2.0 s, 6% of the 32.0 s of training (max_overhead=0.0625: 4 validation run(s) left"
+    assert budget.summary().startswith(summary)
+
+
+def test_max_overhead_checks():
+    with pytest.raises(MisconfigurationException, match="max_overhead"):
+        InvarianceMonitor(GROUP, max_overhead=0)
+    with pytest.raises(MisconfigurationException, match="max_overhead"):
+        InvarianceMonitor(GROUP, max_overhead=True)
+
+
+def test_max_overhead_refuses_a_checkpoint_on_a_score(tmp_path):
+    key = "invariance/output/geed_normalized"
+    monitor = InvarianceMonitor(GROUP, max_overhead=0.1)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "c", monitor=key)
+    with pytest.raises(MisconfigurationException, match="cannot save on measured epochs only"):
+        _trainer(tmp_path, [monitor, checkpoint], enable_checkpointing=True).fit(ImageClassifier())
+    with pytest.raises(MisconfigurationException, match="strict=False"):
+        _trainer(tmp_path, [InvarianceMonitor(GROUP, max_overhead=0.1), EarlyStopping(key)]).fit(ImageClassifier())

@@ -20,6 +20,7 @@ __all__ = [
     "check_dataloaders",
     "check_group",
     "check_layer_actions",
+    "check_max_overhead",
     "check_measure_options",
     "check_monitoring_callbacks",
     "check_options",
@@ -80,6 +81,16 @@ def check_layer_actions(
     return actions
 
 
+def check_max_overhead(value: Any) -> None:
+    """``None`` or a positive, finite fraction of the training time."""
+    if value is None:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+        raise MisconfigurationException(
+            f"`max_overhead` must be None or a positive number (a fraction of training time, e.g. 0.1), got {value!r}."
+        )
+
+
 def check_dataloaders(dataloaders: Any) -> tuple[list[int] | None, dict[int, str]]:
     """The measured dataloader indices (``None``: all) and their names, from indices or a ``{name: index}`` map."""
     names: dict[int, str] = {}
@@ -103,15 +114,17 @@ def check_dataloaders(dataloaders: Any) -> tuple[list[int] | None, dict[int, str
     return (None if dataloaders is None else sorted(set(dataloaders))), names
 
 
-def check_monitoring_callbacks(trainer: pl.Trainer, prefix: str, every_n_epochs: int) -> None:
+def check_monitoring_callbacks(trainer: pl.Trainer, prefix: str, every_n_epochs: int, budgeted: bool = False) -> None:
     """Refuse, before training, an EarlyStopping/ModelCheckpoint that would look for a score on an unmeasured epoch.
 
     With ``every_n_epochs > 1`` the scores exist only on measured validation runs. ``EarlyStopping(strict=False)``
     skips the other runs; ``ModelCheckpoint`` must save only on measured epochs (``every_n_epochs`` a multiple of
-    the callback's, validation every epoch).
+    the callback's, validation every epoch). Under ``max_overhead`` (``budgeted``) which runs are measured is decided
+    during training, so no checkpoint schedule can follow it.
     """
-    if every_n_epochs == 1:
+    if every_n_epochs == 1 and not budgeted:
         return
+    why = "a time budget (`max_overhead`)" if budgeted else f"every {every_n_epochs} validation runs"
     for callback in trainer.callbacks:  # type: ignore[attr-defined]
         monitor = getattr(callback, "monitor", None)
         if not isinstance(monitor, str) or not monitor.startswith(f"{prefix}/"):
@@ -119,8 +132,14 @@ def check_monitoring_callbacks(trainer: pl.Trainer, prefix: str, every_n_epochs:
         if isinstance(callback, EarlyStopping) and callback.strict:
             raise MisconfigurationException(
                 f"EarlyStopping(monitor={monitor!r}) would stop at the first validation without that score: "
-                f"InvarianceMonitor measures every {every_n_epochs} validation runs. Pass EarlyStopping(..., "
-                "strict=False) so that it skips the unmeasured ones."
+                f"InvarianceMonitor measures by {why}. Pass EarlyStopping(..., strict=False) so that it skips the "
+                "unmeasured ones."
+            )
+        if isinstance(callback, ModelCheckpoint) and budgeted:
+            raise MisconfigurationException(
+                f"ModelCheckpoint(monitor={monitor!r}) cannot save on measured epochs only: under `max_overhead` the "
+                "callback decides during training which validation runs to measure. Monitor another metric, or use "
+                "`every_n_epochs` instead of `max_overhead`."
             )
         if isinstance(callback, ModelCheckpoint):
             _check_checkpoint_epochs(trainer, callback, monitor, every_n_epochs)

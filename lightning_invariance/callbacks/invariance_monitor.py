@@ -23,10 +23,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_invariance.callbacks._budget import Budget
 from lightning_invariance.callbacks._checks import (
     check_dataloaders,
     check_group,
     check_layer_actions,
+    check_max_overhead,
     check_measure_options,
     check_monitoring_callbacks,
     check_options,
@@ -125,6 +127,10 @@ class InvarianceMonitor(Callback):
             logger is a ``TensorBoardLogger``.
         non_finite: a layer whose features hold NaN/inf for some inputs (a diverging run): ``"nan"`` logs its scores
             as NaN, ``"skip"`` measures its finite inputs, both with one warning per layer; ``"error"`` raises.
+        max_overhead: the most time measuring may take, as a fraction of the training time (``0.1``: 10%); before
+            each measurement the callback checks that the time spent measuring so far plus the last measurement's
+            cost stays within it, and otherwise leaves that validation run unmeasured (the inputs stay the same, the
+            points get sparser). The end-of-fit summary reports the cost. ``None``: measure as scheduled.
 
     Raises:
         MisconfigurationException: for an argument out of range; in ``setup``, for a layer name the model does not
@@ -171,6 +177,7 @@ class InvarianceMonitor(Callback):
         border_mask: bool = False,
         log_histograms: bool | None = None,
         non_finite: str = "nan",
+        max_overhead: float | None = None,
     ) -> None:
         check_group(group)
         self.group = group
@@ -187,6 +194,7 @@ class InvarianceMonitor(Callback):
             raise MisconfigurationException('The "consistency" score is of the model output: add "output" to `layers`.')
         self.actions = check_layer_actions(action, self.layers, group, reference)
         check_positive("every_n_epochs", every_n_epochs)
+        check_max_overhead(max_overhead)
         if chunk_size is not None:
             check_positive("chunk_size", chunk_size)
         check_positive("figure_every_n", figure_every_n)
@@ -232,6 +240,8 @@ class InvarianceMonitor(Callback):
         self._figures_enabled = self._histograms_enabled = False
         self._figures_step: int | None = None
         self._warned: set[str] = set()  # layers and names already warned about
+        self.max_overhead = max_overhead
+        self._budget = Budget(max_overhead)
         self._naming = Naming(prefix, self.dataloader_names)
 
     # ----------------------------------------------------------------- what it measured
@@ -308,6 +318,7 @@ class InvarianceMonitor(Callback):
             "fit_validation_runs": self._fit_validation_runs,
             "baseline_done": self._baseline_done,
             "config": self._config(),
+            "budget": self._budget.state_dict(),
         }
 
     @override
@@ -315,6 +326,7 @@ class InvarianceMonitor(Callback):
         self.history = list(state_dict.get("history", []))
         self._fit_validation_runs = int(state_dict.get("fit_validation_runs", 0))
         self._baseline_done = bool(state_dict.get("baseline_done", False))
+        self._budget.load_state_dict(state_dict.get("budget", {}))
 
     # ----------------------------------------------------------------- hooks
     @override
@@ -323,7 +335,7 @@ class InvarianceMonitor(Callback):
             resolve_layers(pl_module, self.layers)
         except ValueError as error:
             raise MisconfigurationException(f"InvarianceMonitor: {error}") from error
-        check_monitoring_callbacks(trainer, self.prefix, self.every_n_epochs)
+        check_monitoring_callbacks(trainer, self.prefix, self.every_n_epochs, self.max_overhead is not None)
         tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
         if self.log_figures and not (tensorboard and has_matplotlib()):
             missing = "a TensorBoardLogger" if not tensorboard else "matplotlib (pip install matplotlib)"
@@ -342,15 +354,25 @@ class InvarianceMonitor(Callback):
             return
         self._measurer.check_one_batch(trainer, self._selected_indices(trainer), pl_module.device)
         if self.measure_before_training and not self._baseline_done:
-            self._measurer.measure_loaders(trainer, self._selected_indices(trainer), pl_module.device)
+            with self._budget.timed():
+                self._measurer.measure_loaders(trainer, self._selected_indices(trainer), pl_module.device)
             self._finish(trainer, "baseline")
             self._baseline_done = True
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._budget.epoch_started()
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._budget.epoch_ended()
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._measuring_now = self._should_measure(trainer)
         if self._measuring_now:
-            self._measurer.prepare(self._selected_indices(trainer), pl_module.device)
+            with self._budget.timed():
+                self._measurer.prepare(self._selected_indices(trainer), pl_module.device)
 
     @override
     def on_validation_batch_end(
@@ -363,7 +385,8 @@ class InvarianceMonitor(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if self._measuring_now and dataloader_idx in self._selected_indices(trainer):
-            self._measurer.take(trainer, batch, batch_idx, dataloader_idx)
+            with self._budget.timed():
+                self._measurer.take(trainer, batch, batch_idx, dataloader_idx)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -374,7 +397,8 @@ class InvarianceMonitor(Callback):
         if not self._measuring_now:
             return
         self._measuring_now = False
-        self._measurer.finish(trainer, self._selected_indices(trainer))
+        with self._budget.timed():
+            self._measurer.finish(trainer, self._selected_indices(trainer))
         validating = trainer.state.fn == "validate"
         values = self._finish(trainer, "validate" if validating else "fit")
         # callback_metrics for EarlyStopping/ModelCheckpoint; during fit the loggers already have the values at the
@@ -387,7 +411,7 @@ class InvarianceMonitor(Callback):
         if self._figures_enabled and self._figures_step != trainer.global_step and self.history:
             self._write_figures(trainer)
         if self.print_summary and self.history:
-            rank_zero_info(self.summary_table())
+            rank_zero_info(f"{self.summary_table()}\nInvarianceMonitor: {self._budget.summary()}")
 
     # ----------------------------------------------------------------- when and what
     def _should_measure(self, trainer: pl.Trainer) -> bool:
@@ -395,7 +419,11 @@ class InvarianceMonitor(Callback):
             return False
         if trainer.state.fn == "validate":
             return True
-        return trainer.state.fn == "fit" and (self._fit_validation_runs + 1) % self.every_n_epochs == 0
+        if trainer.state.fn != "fit" or (self._fit_validation_runs + 1) % self.every_n_epochs:
+            return False
+        if self.max_overhead is None:
+            return True
+        return bool(trainer.strategy.broadcast(self._budget.affordable(), src=0))  # every process decides alike
 
     def _selected_indices(self, trainer: pl.Trainer) -> list[int]:
         available = range(len(trainer.num_val_batches))
@@ -417,6 +445,14 @@ class InvarianceMonitor(Callback):
     # ----------------------------------------------------------------- results
     def _finish(self, trainer: pl.Trainer, stage: str) -> dict[str, float]:
         """Compute, log at the current step, record and draw one measurement; the logged values."""
+        with self._budget.timed():
+            values = self._log_and_record(trainer, stage)
+        self.history[-1]["seconds"] = self._budget.measurement_done()
+        if self._handoff.in_copy and trainer.is_global_zero:
+            self._handoff.write(self.history)
+        return values
+
+    def _log_and_record(self, trainer: pl.Trainer, stage: str) -> dict[str, float]:
         measurement = self._compute(trainer)
         values, step = measurement.values, trainer.global_step
         for logger in trainer.loggers if stage != "validate" else ():
@@ -425,8 +461,6 @@ class InvarianceMonitor(Callback):
         self.history.append(
             {"stage": stage, "epoch": trainer.current_epoch, "step": step, "values": values, "keys": measurement.keys}
         )
-        if self._handoff.in_copy and trainer.is_global_zero:
-            self._handoff.write(self.history)
         writers = tensorboard_writers(trainer.loggers) if trainer.is_global_zero else []
         if writers and not self._layout_written:
             self._write_layout(trainer, writers)
