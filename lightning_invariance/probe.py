@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -90,7 +91,9 @@ class Probe(LayerRunner):
 
         ``consume`` runs inside the layer's forward hook, before the rest of the forward pass, so the features need
         no copy (a later in-place operation cannot have changed them yet) and only one layer's features are held at
-        a time. They are valid during the call only: clone what you keep.
+        a time. They are valid during the call only: clone what you keep. When the model's output is not among the
+        layers, every chunk after the first stops its forward pass once the last layer is captured (the first runs
+        whole, to check that each layer runs exactly once).
         """
         check_batch(x)
         if batch_size(x) == 0:
@@ -100,6 +103,7 @@ class Probe(LayerRunner):
         device = device_of(self.model, batch_device(x))
         calls = dict.fromkeys(self.layers, 0)
         chunk_inputs = [0]
+        stop_early = [False]
 
         def capture(name: str, output: Any) -> None:
             calls[name] += 1
@@ -115,6 +119,8 @@ class Probe(LayerRunner):
                     "inputs; the probe needs the sample axis first and one row per input."
                 )
             consume(name, value.unflatten(0, (len(self.group), -1)))
+            if stop_early[0] and all(count == 1 for count in calls.values()):
+                raise _AllCaptured  # the rest of the forward pass computes nothing we measure
 
         per_chunk = self.samples_per_chunk(device)
         with measuring(self.model, device), hooks(self._modules, capture):
@@ -123,10 +129,16 @@ class Probe(LayerRunner):
                 orbit = orbit_batch(self.group, chunk)
                 chunk_inputs[0] = batch_size(orbit)
                 calls.update(dict.fromkeys(calls, 0))
-                self.model(orbit)
+                with contextlib.suppress(_AllCaptured):
+                    self.model(orbit)
+                stop_early[0] = all(module is not self.model for module in self._modules.values())
                 silent = [name for name, count in calls.items() if count == 0]
                 if silent:
                     raise RuntimeError(
                         f"Layer(s) {silent} did not run during the forward pass, so nothing was "
                         "captured; check the module paths against the model's forward."
                     )
+
+
+class _AllCaptured(Exception):
+    """Raised from the last captured layer's hook to skip the rest of a forward pass."""

@@ -17,6 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("scaling.py", "time / linear"),
         ("callback_overhead.py", "added / training epoch"),
         ("measures_overhead.py", "measure / floor"),
+        ("early_layers.py", "early / with output"),
     ],
 )
 def test_benchmark_script_runs(script, expected):

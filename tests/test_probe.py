@@ -196,3 +196,26 @@ def test_layer_that_never_runs_is_reported():
 
     with pytest.raises(RuntimeError, match=r"\['unused'\] did not run"):
         Probe(Skips(), GROUP, layers=["unused"]).orbit_features(IMAGES[:2])
+
+
+def test_forward_passes_stop_after_the_last_layer_when_the_output_is_not_measured():
+    class Counting(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return x.flatten(1).sum(1, keepdim=True)
+
+    torch.manual_seed(0)
+    tail = Counting()
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(), tail)
+    group, images = CyclicRotation(4), torch.randn(20, 1, 6, 6)
+    inner = InvarianceDeviation(len(group))
+    Probe(model, group, layers=["1"], chunk_size=16).update(images, {"1": inner})  # 5 chunks of 4 images
+    assert tail.calls == 1  # only the first chunk ran the whole model (checking every layer runs once)
+    both = {"1": InvarianceDeviation(len(group)), "output": InvarianceDeviation(len(group))}
+    Probe(model, group, layers=["1", "output"], chunk_size=16).update(images, both)
+    assert tail.calls == 1 + 5  # with the output measured, every pass runs whole
+    assert inner.compute().item() == pytest.approx(both["1"].compute().item(), rel=1e-12)
