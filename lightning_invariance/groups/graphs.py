@@ -18,6 +18,7 @@ from torch import Tensor
 
 from lightning_invariance._checks import check_positive
 from lightning_invariance.groups.base import Group
+from lightning_invariance.groups.permutation import seeded_permutations
 
 __all__ = ["GraphPermutation"]
 
@@ -54,9 +55,7 @@ class GraphPermutation(Group):
     def permutations(self, nodes: int) -> Tensor:
         """The ``(|G|, nodes)`` permutations of a graph of this size; row 0 is the identity."""
         if nodes not in self._cache:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + nodes)
-            rows = [torch.arange(nodes)] + [torch.randperm(nodes, generator=generator) for _ in range(len(self) - 1)]
-            self._cache[nodes] = torch.stack(rows)
+            self._cache[nodes] = seeded_permutations(self.seed, nodes, len(self))
         return self._cache[nodes]
 
     def check_input(self, x: Any) -> None:

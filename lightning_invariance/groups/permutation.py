@@ -8,7 +8,17 @@ from torch import Tensor
 from lightning_invariance._checks import check_positive
 from lightning_invariance.groups.base import Group
 
-__all__ = ["Permutation"]
+__all__ = ["Permutation", "seeded_permutations"]
+
+
+def seeded_permutations(seed: int, length: int, count: int) -> Tensor:
+    """``count`` permutations of ``range(length)``, row 0 the identity, the same table every time.
+
+    Drawn from a private generator seeded by ``(seed, length)``: the global RNG is untouched.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + length)
+    rows = [torch.arange(length)] + [torch.randperm(length, generator=generator) for _ in range(count - 1)]
+    return torch.stack(rows)
 
 
 class Permutation(Group):
@@ -41,9 +51,7 @@ class Permutation(Group):
     def permutations(self, length: int) -> Tensor:
         """The ``(|G|, length)`` index table for an axis of this length; row 0 is the identity."""
         if length not in self._cache:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + length)
-            rows = [torch.arange(length)] + [torch.randperm(length, generator=generator) for _ in range(len(self) - 1)]
-            self._cache[length] = torch.stack(rows)
+            self._cache[length] = seeded_permutations(self.seed, length, len(self))
         return self._cache[length]
 
     def _check_input(self, x: Tensor) -> None:
