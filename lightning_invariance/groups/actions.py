@@ -24,8 +24,15 @@ class RepresentationAction(ABC):
     def act(self, features: Tensor, k: int) -> Tensor:
         """Apply element ``k`` to the representations ``features`` (sample axis first)."""
 
-    def check_group(self, group: Group) -> None:  # noqa: B027 - optional hook
-        """Raise ``ValueError`` when this action cannot represent ``group`` (e.g. the sizes differ)."""
+    @property
+    def size(self) -> int | None:
+        """How many elements this action represents (``None``: any number)."""
+        return None
+
+    def check_group(self, group: Group) -> None:
+        """Raise ``ValueError`` when this action cannot represent ``group``: by default, when the sizes differ."""
+        if self.size is not None and len(group) != self.size:
+            raise ValueError(f"{self!r} has {self.size} elements but the input group {group!r} has {len(group)}.")
 
     def valid_mask(self, k: int, shape: tuple[int, ...]) -> Tensor | None:
         """Where element ``k`` leaves a representation of ``shape`` (no sample axis) valid.
@@ -69,10 +76,10 @@ class SpatialAction(RepresentationAction):
         """The group's valid region of a feature map of ``shape`` (``(C, H, W)`` or ``(H, W)``)."""
         return self.group.valid_mask(k, shape) if len(shape) >= 2 else None
 
-    def check_group(self, group: Group) -> None:
-        """Require the same number of elements as the input group."""
-        if len(group) != len(self.group):
-            raise ValueError(f"{self!r} has {len(self.group)} elements but the input group {group!r} has {len(group)}.")
+    @property
+    def size(self) -> int:
+        """The number of elements of the group it was built with."""
+        return len(self.group)
 
     def __repr__(self) -> str:
         return f"SpatialAction({self.group!r})"
@@ -105,10 +112,10 @@ class RegularAction(RepresentationAction):
         moved = torch.roll(fields, shifts=k, dims=2).reshape(features.shape)
         return self.group.act(moved, k) if features.ndim >= 4 else moved
 
-    def check_group(self, group: Group) -> None:
-        """Require the input group to have ``n`` elements."""
-        if len(group) != self.group.n:
-            raise ValueError(f"{self!r} has {self.group.n} elements but the input group {group!r} has {len(group)}.")
+    @property
+    def size(self) -> int:
+        """``n``: the cyclic group's order."""
+        return self.group.n
 
     def __repr__(self) -> str:
         return f"RegularAction({self.group!r})"
@@ -145,10 +152,10 @@ class VectorAction(RepresentationAction):
             )
         return features @ self._matrices[k].to(features.device, features.dtype).T
 
-    def check_group(self, group: Group) -> None:
-        """Require the same number of elements as the input group."""
-        if len(group) != len(self.group):
-            raise ValueError(f"{self!r} has {len(self.group)} elements but the input group {group!r} has {len(group)}.")
+    @property
+    def size(self) -> int:
+        """The number of elements of the group it was built with."""
+        return len(self.group)
 
     def __repr__(self) -> str:
         return f"VectorAction({self.group!r})"
@@ -197,12 +204,10 @@ class MatrixAction(RepresentationAction):
             )
         return features @ self.matrices[k].to(features.device, features.dtype).T
 
-    def check_group(self, group: Group) -> None:
-        """Require one matrix per element of the input group."""
-        if len(group) != len(self.matrices):
-            raise ValueError(
-                f"{self!r} has {len(self.matrices)} matrices but the input group {group!r} has {len(group)}."
-            )
+    @property
+    def size(self) -> int:
+        """One element per matrix."""
+        return len(self.matrices)
 
     def __repr__(self) -> str:
         return f"MatrixAction({self.group!r}, d={self.matrices.shape[-1]})"
