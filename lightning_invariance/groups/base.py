@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["Group"]
+__all__ = ["BatchGroup", "Group"]
 
 
 class Group(ABC):
@@ -90,3 +91,18 @@ class Group(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(|G|={len(self)})"
+
+
+class BatchGroup(Group):
+    """A group acting on structured batches (dicts of fields, graphs): subclasses override :meth:`act` whole.
+
+    Its copies of a batch differ in structure from a stack of tensors, so :func:`lightning_invariance.batches.
+    orbit_batch` joins them along the sample axis instead of :meth:`orbit` stacking them.
+    """
+
+    def orbit(self, x: Any) -> Any:
+        """Not a stack: ``lightning_invariance.batches.orbit_batch`` joins the copies into one batch."""
+        raise TypeError(f"{self!r} acts on structured batches: use lightning_invariance.batches.orbit_batch.")
+
+    def _act(self, x: Tensor, k: int) -> Tensor:  # pragma: no cover - act is overridden whole
+        raise NotImplementedError

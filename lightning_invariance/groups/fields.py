@@ -10,15 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from torch import Tensor
-
-from lightning_invariance.groups.base import Group
+from lightning_invariance.groups.base import BatchGroup, Group
 from lightning_invariance.groups.permutation import Permutation
 
 __all__ = ["FieldGroup"]
 
 
-class FieldGroup(Group):
+class FieldGroup(BatchGroup):
     """Apply ``group`` to the named fields of a dict batch, with the same element for every field.
 
     Args:
@@ -100,13 +98,6 @@ class FieldGroup(Group):
             index = self.group.permutations(x[name].shape[dim])[k].to(x[name].device)  # type: ignore[attr-defined]
             out[name] = x[name].index_select(dim, index).index_select(dim + 1, index)
         return out
-
-    def orbit(self, x: Any) -> Any:
-        """Not a stack (fields differ in shape): ``lightning_invariance.batches.orbit_batch`` concatenates copies."""
-        raise TypeError(f"{self!r} acts on dict batches: use lightning_invariance.batches.orbit_batch.")
-
-    def _act(self, x: Tensor, k: int) -> Tensor:  # pragma: no cover - act is overridden
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         parts = [f"fields={self.fields}"] + [

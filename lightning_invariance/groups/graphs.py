@@ -17,13 +17,13 @@ import torch
 from torch import Tensor
 
 from lightning_invariance._checks import check_positive
-from lightning_invariance.groups.base import Group
+from lightning_invariance.groups.base import BatchGroup
 from lightning_invariance.groups.permutation import seeded_permutations
 
 __all__ = ["GraphPermutation"]
 
 
-class GraphPermutation(Group):
+class GraphPermutation(BatchGroup):
     """``num_elements`` node permutations (identity first) of torch_geometric graphs, within each graph.
 
     Args:
@@ -94,13 +94,6 @@ class GraphPermutation(Group):
             new_position[order] = torch.arange(len(order))
             out[self.edge_index] = new_position.to(x[self.edge_index].device)[x[self.edge_index]]
         return out
-
-    def orbit(self, x: Any) -> Any:
-        """Not a stack: ``lightning_invariance.batches.orbit_batch`` joins the copies into one ``Batch``."""
-        raise TypeError(f"{self!r} acts on graphs: use lightning_invariance.batches.orbit_batch.")
-
-    def _act(self, x: Tensor, k: int) -> Tensor:  # pragma: no cover - act is overridden
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"GraphPermutation(num_elements={len(self)}, seed={self.seed})"
