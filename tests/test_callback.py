@@ -9,8 +9,6 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-from tensorboard.plugins.custom_scalar import layout_pb2
 
 from lightning_invariance import InvarianceDeviation, InvarianceMonitor, PredictionConsistency, Probe
 from lightning_invariance.groups import AugmentationFamily, CyclicRotation
@@ -42,16 +40,6 @@ def _scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
     accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     accumulator.Reload()
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
-
-
-def _layout(log_dir) -> layout_pb2.Layout:
-    """The custom-scalars layout written to the event files."""
-    for path in sorted(log_dir.glob("events.*")):
-        for event in EventFileLoader(str(path)).Load():
-            for value in event.summary.value:
-                if value.tag == "custom_scalars__config__":
-                    return layout_pb2.Layout.FromString(value.tensor.string_val[0])
-    raise AssertionError(f"no custom-scalars layout in {log_dir}")
 
 
 def _probe_value(model, inputs, layer="output", normalize=False, consistency=False) -> float:
