@@ -131,36 +131,6 @@ def _element_matrices(group: Group, who: str) -> Tensor:
     return matrices()
 
 
-class VectorAction(RepresentationAction):
-    """Rotate 3-D vectors: ``v -> v R_k^T`` on the last axis, translations ignored (forces, velocities, dipoles).
-
-    For "forces are rotation-equivariant": the model's output ``(N, P, 3)`` (or ``(N, 3)``) measured with
-    ``EquivarianceDeviation(VectorAction(group))``. Under a translation a vector does not move, so translation
-    equivariance of forces is their invariance. For outputs that are positions (they translate too), use
-    ``SpatialAction(group)``.
-    """
-
-    def __init__(self, group: Group) -> None:
-        self._matrices = _element_matrices(group, "VectorAction")
-        self.group = group
-
-    def act(self, features: Tensor, k: int) -> Tensor:
-        """Rotate the vectors on the last axis by element ``k``'s matrix."""
-        if features.shape[-1] != 3:
-            raise ValueError(
-                f"{self!r} rotates 3-D vectors on the last axis; got features of shape {tuple(features.shape)}."
-            )
-        return features @ self._matrices[k].to(features.device, features.dtype).T
-
-    @property
-    def size(self) -> int:
-        """The number of elements of the group it was built with."""
-        return len(self.group)
-
-    def __repr__(self) -> str:
-        return f"VectorAction({self.group!r})"
-
-
 class MatrixAction(RepresentationAction):
     """Any linear representation: ``f -> f D(g_k)^T`` on the last axis, with ``D`` given per element.
 
@@ -195,13 +165,13 @@ class MatrixAction(RepresentationAction):
             )
         self.group, self.matrices = group, matrices.to(torch.float64)
 
+    def _expects(self) -> str:
+        return f"a last axis of size {self.matrices.shape[-1]}"
+
     def act(self, features: Tensor, k: int) -> Tensor:
         """Apply element ``k``'s matrix to the last axis."""
         if features.shape[-1] != self.matrices.shape[-1]:
-            raise ValueError(
-                f"{self!r} acts on a last axis of size {self.matrices.shape[-1]}; got features of shape "
-                f"{tuple(features.shape)}."
-            )
+            raise ValueError(f"{self!r} acts on {self._expects()}; got features of shape {tuple(features.shape)}.")
         return features @ self.matrices[k].to(features.device, features.dtype).T
 
     @property
@@ -211,3 +181,22 @@ class MatrixAction(RepresentationAction):
 
     def __repr__(self) -> str:
         return f"MatrixAction({self.group!r}, d={self.matrices.shape[-1]})"
+
+
+class VectorAction(MatrixAction):
+    """Rotate 3-D vectors: ``v -> v R_k^T`` on the last axis, translations ignored (forces, velocities, dipoles).
+
+    For "forces are rotation-equivariant": the model's output ``(N, P, 3)`` (or ``(N, 3)``) measured with
+    ``EquivarianceDeviation(VectorAction(group))``. Under a translation a vector does not move, so translation
+    equivariance of forces is their invariance. For outputs that are positions (they translate too), use
+    ``SpatialAction(group)``.
+    """
+
+    def __init__(self, group: Group) -> None:
+        super().__init__(group, _element_matrices(group, "VectorAction"))
+
+    def _expects(self) -> str:
+        return "3-D vectors on the last axis (it rotates them)"
+
+    def __repr__(self) -> str:
+        return f"VectorAction({self.group!r})"
