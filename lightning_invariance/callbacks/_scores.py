@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torchmetrics.aggregation import SumMetric
 
 from lightning_invariance.groups.actions import RepresentationAction
 from lightning_invariance.metrics import (
@@ -75,14 +74,19 @@ class LayerScores:
     linear_fit: LinearMapFit | None = None
     lie: LieDerivative | None = None
     linear: LinearEquivariance | None = None
-    non_finite: SumMetric = field(default_factory=lambda: SumMetric(nan_strategy="error"))
     non_finite_policy: str = "nan"
     layer: str = OUTPUT
+    _skipped_seen: float = 0.0  # the deviation metric's skip count after the last update (this process)
 
     @classmethod
     def create(cls, layer: str, options: ScoreOptions, device: torch.device) -> LayerScores:
         """Fresh metrics for one layer, on ``device``."""
-        extras = {"num_classes": options.num_classes, "keep_sample_deviations": options.keep_sample_deviations}
+        # the deviation metric skips (and counts) samples with NaN/inf features; the others then get the finite ones
+        extras = {
+            "num_classes": options.num_classes,
+            "keep_sample_deviations": options.keep_sample_deviations,
+            "nan_strategy": "skip",
+        }
         if options.action is None:
             deviation = InvarianceDeviation(
                 options.num_elements, distance=options.distance, reference=options.reference, **extras
@@ -116,28 +120,29 @@ class LayerScores:
         return built
 
     def _optional(self) -> list:
-        metrics = (self.consistency, self.variance, self.linear_fit, self.lie, self.non_finite)
+        metrics = (self.consistency, self.variance, self.linear_fit, self.lie)
         return [m for m in metrics if m is not None]
 
     def update(self, features: Tensor, labels: Tensor | None = None) -> None:
         """Add one chunk of orbit features (and its samples' labels when per-class scores are kept).
 
-        Samples whose features hold NaN/inf are counted and left out of every metric (``non_finite="error"``
-        raises instead); :meth:`compute` then reports the layer as NaN or measures the rest, by policy.
+        Samples whose features hold NaN/inf are counted (by the deviation metric, which skips them) and left out of
+        every metric (``non_finite="error"`` raises instead); :meth:`compute` then reports the layer as NaN or
+        measures the rest, by policy.
         """
-        keep = _finite_samples(features)
-        if keep is not None:
-            dropped = int((~keep).sum())
+        with warnings.catch_warnings():  # the callback warns once per layer instead of once per chunk
+            warnings.simplefilter("ignore")
+            self.deviation.update(features, labels)
+        skipped = float(self.deviation.num_skipped)  # one host sync per chunk, as a finiteness check needs
+        dropped, self._skipped_seen = int(skipped - self._skipped_seen), skipped
+        if dropped:
             if self.non_finite_policy == "error":
                 raise MisconfigurationException(
                     f"InvarianceMonitor(non_finite='error'): layer {self.layer!r} produced NaN or infinite values for "
-                    f"{dropped} of {keep.numel()} inputs. Pass non_finite='nan' to log NaN for it instead, or "
+                    f"{dropped} of {features.shape[1]} inputs. Pass non_finite='nan' to log NaN for it instead, or "
                     "'skip' to measure the finite inputs."
                 )
-            self.non_finite.update(float(dropped))
-            features = features[:, keep]
-            labels = None if labels is None else labels[keep.to(labels.device)]
-        self.deviation.update(features, labels)
+            features = features[:, _finite_samples(features)]
         for metric in (self.consistency, self.variance, self.linear or self.linear_fit):
             if metric is not None:
                 metric.update(features)
@@ -171,18 +176,18 @@ class LayerScores:
         ``non_finite`` holds how many inputs had NaN/inf features; under the ``"nan"`` policy every value is then
         NaN (the metrics' own warnings about it are left to the callback's one warning).
         """
-        non_finite = self.non_finite.compute().to(torch.float64)
         with warnings.catch_warnings():
-            if float(non_finite) > 0:
+            if float(self.deviation.num_skipped) > 0:  # this process saw NaN/inf: the callback warns once for it
                 warnings.simplefilter("ignore")
             values = self._compute_scores()
+        non_finite = values.pop("num_skipped")
         if float(non_finite) > 0 and self.non_finite_policy == "nan":
             values = {key: torch.full_like(value, float("nan"), dtype=torch.float64) for key, value in values.items()}
         return values | {"non_finite": non_finite}
 
     def _compute_scores(self) -> dict[str, Tensor]:
         summary = self.deviation.compute_summary()
-        keep = (*DEVIATION_SCORES, "per_element", "per_element_normalized", "num_samples", "pair_mean")
+        keep = (*DEVIATION_SCORES, "per_element", "per_element_normalized", "num_samples", "pair_mean", "num_skipped")
         keep += ("per_class", "per_class_normalized", "sample_deviations")
         values = {key: summary[key] for key in keep if key in summary}
         if self.consistency is not None:
@@ -207,8 +212,7 @@ class LayerScores:
         self.deviation.reset()
         for metric in self._optional():
             metric.reset()
-        self.non_finite.update(0.0)  # a count from the start, so computing it never warns "called before update"
-        self.linear = None
+        self.linear, self._skipped_seen = None, 0.0
 
 
 def _finite_samples(orbit_features: Tensor) -> Tensor | None:
