@@ -144,3 +144,31 @@ def test_tidy_table_csv_export_and_csv_logger(tmp_path):
         for name, value in record["values"].items():
             assert math.isclose(float(row[name]), value, rel_tol=1e-6) or math.isnan(value), name
     assert trainer.callback_metrics["invariance/output/consistency"] >= 0
+
+
+def test_each_layer_keeps_its_colour_in_every_figure():
+    from lightning_invariance.callbacks._tensorboard import write_figures
+
+    class Writer:
+        def __init__(self) -> None:
+            self.figures = {}
+
+        def add_figure(self, tag, figure, global_step, close):
+            self.figures[tag] = figure
+
+    layers = ["a", "b", "output"]
+    rows = [
+        {"stage": "fit", "epoch": 0, "step": 1, "dataloader": "", "layer": layer, "score": score, "value": 0.5}
+        for layer in layers
+        for score in ("geed_normalized", "consistency")
+        if score != "consistency" or layer == "output"
+    ]
+    writer = Writer()
+    write_figures([writer], "invariance", rows, ("geed_normalized", "consistency"), layers, 1)
+
+    def colour(tag: str) -> tuple:
+        axes = writer.figures[tag].axes[0]
+        return next(line.get_color() for line in axes.get_lines() if line.get_label() == "output")
+
+    assert colour("invariance_figures/curves/consistency") == colour("invariance_figures/curves/geed_normalized")
+    assert "invariance_figures/depth_profile/consistency" not in writer.figures  # one layer: no profile

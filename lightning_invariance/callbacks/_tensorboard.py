@@ -101,6 +101,7 @@ def write_figures(
         for kind, draw in (("depth_profile", depth_profile_figure), ("curves", curves_figure)):
             if kind == "depth_profile" and len(measured) < 2:
                 continue  # one layer (consistency: the output) has no profile
-            figure = draw(rows, score, measured, dataloaders)
+            # curves skip unmeasured layers themselves and keep each layer's colour across scores
+            figure = draw(rows, score, measured if kind == "depth_profile" else layers, dataloaders)
             for writer in writers:
                 writer.add_figure(f"{prefix}_figures/{kind}/{score}", figure, global_step=step, close=False)
