@@ -325,3 +325,20 @@ def test_max_overhead_refuses_a_checkpoint_on_a_score(tmp_path):
         _trainer(tmp_path, [monitor, checkpoint], enable_checkpointing=True).fit(ImageClassifier())
     with pytest.raises(MisconfigurationException, match="strict=False"):
         _trainer(tmp_path, [InvarianceMonitor(GROUP, max_overhead=0.1), EarlyStopping(key)]).fit(ImageClassifier())
+
+
+def test_chance_corrected_consistency_is_the_same_for_every_split_and_dtype():
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 150, 5, generator=generator)  # more than one normaliser window (64)
+    logits[1:, :70] = logits[0, :70]
+    whole = PredictionConsistency(4)
+    whole.update(logits)
+    expected = whole.compute_summary()
+    for sizes in ((150,), (7, 64, 79), (1, 1, 148), (100, 50)):
+        for dtype in (torch.float32, torch.float16, torch.float64):
+            metric = PredictionConsistency(4)
+            for part in torch.split(logits.to(dtype), list(sizes), dim=1):
+                metric.update(part)
+            summary = metric.compute_summary()
+            for key in ("consistency", "chance_consistency", "consistency_kappa"):
+                assert summary[key].item() == pytest.approx(expected[key].item(), abs=1e-12), (sizes, dtype, key)
