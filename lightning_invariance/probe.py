@@ -32,6 +32,8 @@ from lightning_invariance.groups.base import Group
 __all__ = ["OUTPUT", "Probe", "features_of", "resolve_layers"]
 
 Consumer = Callable[[str, Tensor], None]
+#: Features of a layer smaller than this many values per chunk are gathered over chunks and handed over together.
+GATHER_VALUES = 1 << 18
 
 
 class Probe(LayerRunner):
@@ -75,6 +77,8 @@ class Probe(LayerRunner):
             raise TypeError(f"Expected `group` to be a lightning_invariance Group, but got {type(group).__name__}.")
         super().__init__(model, layers, chunk_size)
         self.group = group
+        #: The layers in the order they ran in the latest forward pass (network order, for tables and figures).
+        self.layer_order: list[str] = []
 
     def samples_per_chunk(self, device: torch.device | None = None) -> int:
         """How many samples (each with its whole orbit) go through one forward pass on ``device``."""
@@ -91,9 +95,12 @@ class Probe(LayerRunner):
 
         ``consume`` runs inside the layer's forward hook, before the rest of the forward pass, so the features need
         no copy (a later in-place operation cannot have changed them yet) and only one layer's features are held at
-        a time. They are valid during the call only: clone what you keep. When the model's output is not among the
-        layers, every chunk after the first stops its forward pass once the last layer is captured (the first runs
-        whole, to check that each layer runs exactly once).
+        a time. They are valid during the call only: clone what you keep. A layer with fewer than
+        :data:`GATHER_VALUES` values per chunk (class scores, pooled features) is copied and gathered over chunks
+        instead, and handed over in one call per :data:`GATHER_VALUES` values and at the end (in the order the layers
+        ran), so the fixed cost of a metric update is paid per gathered block rather than per chunk; samples keep
+        their order. When the model's output is not among the layers, every chunk after the first stops its forward
+        pass once the last layer is captured (the first runs whole, to check that each layer runs exactly once).
         """
         check_batch(x)
         if batch_size(x) == 0:
@@ -104,9 +111,12 @@ class Probe(LayerRunner):
         calls = dict.fromkeys(self.layers, 0)
         chunk_inputs = [0]
         stop_early = [False]
+        gathered = _Gatherer(consume)
 
         def capture(name: str, output: Any) -> None:
             calls[name] += 1
+            if calls[name] == 1:
+                order.append(name)
             if calls[name] > 1:
                 raise RuntimeError(
                     f"Layer {name!r} ran {calls[name]} times in one forward pass; the probe captures modules that run "
@@ -118,7 +128,7 @@ class Probe(LayerRunner):
                     f"Layer {name!r} returned shape {tuple(value.shape)} for a forward pass of {chunk_inputs[0]} "
                     "inputs; the probe needs the sample axis first and one row per input."
                 )
-            consume(name, value.unflatten(0, (len(self.group), -1)))
+            gathered.add(name, value.unflatten(0, (len(self.group), -1)))
             if stop_early[0] and all(count == 1 for count in calls.values()):
                 raise _AllCaptured  # the rest of the forward pass computes nothing we measure
 
@@ -129,6 +139,7 @@ class Probe(LayerRunner):
                 orbit = orbit_batch(self.group, chunk)
                 chunk_inputs[0] = batch_size(orbit)
                 calls.update(dict.fromkeys(calls, 0))
+                order: list[str] = []
                 with contextlib.suppress(_AllCaptured):
                     self.model(orbit)
                 stop_early[0] = all(module is not self.model for module in self._modules.values())
@@ -138,6 +149,39 @@ class Probe(LayerRunner):
                         f"Layer(s) {silent} did not run during the forward pass, so nothing was "
                         "captured; check the module paths against the model's forward."
                     )
+                self.layer_order = order
+        gathered.flush()
+
+
+class _Gatherer:
+    """Hands large features to ``consume`` at once and gathers small ones (copied) into blocks of samples."""
+
+    def __init__(self, consume: Consumer) -> None:
+        self.consume = consume
+        self.parts: dict[str, list[Tensor]] = {}  # in the order the layers first ran
+        self.values: dict[str, int] = {}
+
+    def add(self, name: str, features: Tensor) -> None:
+        parts = self.parts.setdefault(name, [])
+        if not parts and features.numel() >= GATHER_VALUES:
+            self.consume(name, features)
+            return
+        parts.append(features.clone())
+        self.values[name] = self.values.get(name, 0) + features.numel()
+        if self.values[name] >= GATHER_VALUES:
+            self._hand_over(name)
+
+    def flush(self) -> None:
+        """Hand over everything still gathered."""
+        for name in self.parts:
+            self._hand_over(name)
+
+    def _hand_over(self, name: str) -> None:
+        parts = self.parts[name]
+        if not parts:
+            return
+        self.parts[name], self.values[name] = [], 0
+        self.consume(name, parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
 
 
 class _AllCaptured(Exception):

@@ -219,3 +219,41 @@ def test_forward_passes_stop_after_the_last_layer_when_the_output_is_not_measure
     Probe(model, group, layers=["1", "output"], chunk_size=16).update(images, both)
     assert tail.calls == 1 + 5  # with the output measured, every pass runs whole
     assert inner.compute().item() == pytest.approx(both["1"].compute().item(), rel=1e-12)
+
+
+class _SmallLargeSmall(nn.Module):
+    """A small layer, a large one (at least GATHER_VALUES values per chunk), and small class scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.small = nn.Conv2d(1, 1, 1)
+        self.large = nn.Conv2d(1, 64, 3, padding=1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 3))
+
+    def forward(self, x):
+        return self.head(self.large(self.small(x)))
+
+
+def test_small_layers_are_gathered_over_chunks_in_order_and_large_ones_are_not(monkeypatch):
+    import lightning_invariance.probe as probe_module
+
+    monkeypatch.setattr(probe_module, "GATHER_VALUES", 4 * 3 * 64 * 64)  # the large layer's 3 samples per chunk
+    torch.manual_seed(0)
+    model, images = _SmallLargeSmall().eval(), torch.randn(10, 1, 8, 8)
+    probe = Probe(model, GROUP, layers=["small", "large", "output"], chunk_size=4 * 3)  # 4 chunks: 3, 3, 3, 1
+    calls: list[tuple[str, int]] = []
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in probe.layers}
+
+    def consume(name, features):
+        calls.append((name, features.shape[1]))
+        parts[name].append(features.clone())
+
+    probe.run(images, consume)
+    # large: each full chunk at once, inside its hook; small ones: gathered, handed over at the end in network order
+    assert calls == [("large", 3), ("large", 3), ("large", 3), ("small", 10), ("large", 1), ("output", 10)]
+    assert probe.layer_order == ["small", "large", "output"]
+    with torch.no_grad():
+        orbit = GROUP.orbit(images).flatten(0, 1)
+        expected = {"small": model.small(orbit), "output": model(orbit)}
+    for name, value in expected.items():
+        torch.testing.assert_close(torch.cat(parts[name], dim=1), value.unflatten(0, (len(GROUP), -1)))

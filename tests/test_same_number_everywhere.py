@@ -265,8 +265,10 @@ def test_nan_features_raise_instead_of_returning_nan(metric) -> None:
 def test_prediction_consistency_accepts_the_nan_strategy_its_error_suggests() -> None:
     scores = torch.randn(4, 5, 3)
     scores[2, 1, 0] = float("nan")
-    with pytest.raises(ValueError, match="nan_strategy='skip'"):
-        PredictionConsistency(4).update(scores)
+    refusing = PredictionConsistency(4)
+    refusing.update(scores)  # counted on the device: the error comes at compute
+    with pytest.raises(ValueError, match="NaN or infinite values for 1 of 5 samples.*nan_strategy='skip'"):
+        refusing.compute()
     metric = PredictionConsistency(4, nan_strategy="skip")
     with pytest.warns(UserWarning, match="Skipping 1 of 5"):
         metric.update(scores)
@@ -305,3 +307,23 @@ def test_compute_before_any_update_warns() -> None:
         warnings.simplefilter("always")
         assert math.isnan(float(InvarianceDeviation(4).compute()))
     assert any("no sample" in str(warning.message) for warning in caught)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine", "kl", "discrete"])
+def test_nan_strategy_error_refuses_at_compute_and_summarises_as_nan(distance) -> None:
+    """"error" counts NaN/inf samples on the device (no host sync per update) and never returns a number for them."""
+    features = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(0))
+    features[3, 4, 1] = float("inf")
+    features[0, 1, 0] = float("nan")
+    metric = InvarianceDeviation(4, distance=distance, normalize=True)
+    metric.update(features[:, :3])
+    metric.update(features[:, 3:])
+    with pytest.raises(ValueError, match="NaN or infinite values for 2 of 6 samples"):
+        metric.compute()
+    summary = metric.compute_summary()
+    assert int(summary["num_non_finite"]) == 2 and int(summary["num_skipped"]) == 0
+    assert int(summary["num_samples"]) == 6
+    assert all(bool(torch.isnan(summary[key]).all()) for key in ("geed", "geed_normalized", "stderr", "max"))
+    metric.reset()
+    metric.update(features[:, 2:4])  # finite again after a reset
+    assert torch.isfinite(metric.compute())

@@ -19,7 +19,7 @@ from torch import Tensor
 from lightning_invariance._rng import cuda_indices, fork_rng
 from lightning_invariance.batches import Batch, batch_size, slice_batch
 from lightning_invariance.callbacks._batches import InputCache, dataset_size, validation_batches
-from lightning_invariance.callbacks._scores import LINEAR_SCORES, LayerScores, OrderRecorder, ScoreOptions
+from lightning_invariance.callbacks._scores import LINEAR_SCORES, LayerScores, ScoreOptions
 from lightning_invariance.callbacks._shares import cache_size, my_share
 from lightning_invariance.groups.actions import RepresentationAction
 from lightning_invariance.groups.base import Group
@@ -156,20 +156,18 @@ class Measurer:
 
         Also learns the order the layers run in (for tables and figures). Nothing is logged or kept.
         """
-        order: list[str] = []
+        order = self.layer_order
         with fork_rng(cuda_indices(device)):
             for index in indices:
                 batch_idx, batch = next(validation_batches(trainer, index), (None, None))
                 if batch_idx is None:
                     continue
                 inputs, labels = self.input_of(batch, batch_idx, index)
-                recording = {
-                    layer: OrderRecorder(self._layer_scores(layer, device, False), order)
-                    for layer in self.settings.layers
-                }
+                throwaway = {layer: self._layer_scores(layer, device, False) for layer in self.settings.layers}
                 first = slice_batch(inputs, 0, 2)
-                self.measure(trainer, first, None if labels is None else labels[:2], index, recording)
-        self.layer_order = list(dict.fromkeys(order)) or self.layer_order
+                self.measure(trainer, first, None if labels is None else labels[:2], index, throwaway)
+                order = self.probe.layer_order
+        self.layer_order = list(order)
 
     def measure_loaders(self, trainer: pl.Trainer, indices: Sequence[int], device: torch.device) -> None:
         """Measure the validation data outside validation (the baseline), read as the validation loop reads it."""

@@ -10,6 +10,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lightning_invariance.functional.deviation import finite_samples
 from lightning_invariance.groups.actions import RepresentationAction
 from lightning_invariance.metrics import (
     EquivarianceDeviation,
@@ -22,7 +23,7 @@ from lightning_invariance.metrics import (
 )
 from lightning_invariance.probe import OUTPUT
 
-__all__ = ["DEVIATION_SCORES", "NON_FINITE", "SCORES", "LayerScores", "OrderRecorder", "ScoreOptions", "logged_keys"]
+__all__ = ["DEVIATION_SCORES", "NON_FINITE", "SCORES", "LayerScores", "ScoreOptions", "logged_keys"]
 
 #: Scores read off the deviation metric's summary.
 DEVIATION_SCORES = ("geed", "geed_normalized", "stderr", "max")
@@ -76,16 +77,16 @@ class LayerScores:
     linear: LinearEquivariance | None = None
     non_finite_policy: str = "nan"
     layer: str = OUTPUT
-    _skipped_seen: float = 0.0  # the deviation metric's skip count after the last update (this process)
 
     @classmethod
     def create(cls, layer: str, options: ScoreOptions, device: torch.device) -> LayerScores:
         """Fresh metrics for one layer, on ``device``."""
-        # the deviation metric skips (and counts) samples with NaN/inf features; the others then get the finite ones
+        # the deviation metric counts samples with NaN/inf features on the device ("error": no host sync) or skips
+        # them ("skip"); the other metrics get the finite ones
         extras = {
             "num_classes": options.num_classes,
             "keep_sample_deviations": options.keep_sample_deviations,
-            "nan_strategy": "skip",
+            "nan_strategy": "skip" if options.non_finite == "skip" else "error",
         }
         if options.action is None:
             deviation = InvarianceDeviation(
@@ -126,33 +127,29 @@ class LayerScores:
     def update(self, features: Tensor, labels: Tensor | None = None) -> None:
         """Add one chunk of orbit features (and its samples' labels when per-class scores are kept).
 
-        Samples whose features hold NaN/inf are counted (by the deviation metric, which skips them) and left out of
-        every metric (``non_finite="error"`` raises instead); :meth:`compute` then reports the layer as NaN or
-        measures the rest, by policy.
+        Samples whose features hold NaN/inf are counted by the deviation metric on the device (skipped under
+        ``non_finite="skip"``), and left out of the other metrics; :meth:`compute` then reports the layer as NaN,
+        raises, or measures the rest, by policy. With the G-EED alone this reads nothing back from the device; the
+        other metrics cost one host sync per chunk (which samples are finite).
         """
         with warnings.catch_warnings():  # the callback warns once per layer instead of once per chunk
             warnings.simplefilter("ignore")
             self.deviation.update(features, labels)
-        skipped = float(self.deviation.num_skipped)  # one host sync per chunk, as a finiteness check needs
-        dropped, self._skipped_seen = int(skipped - self._skipped_seen), skipped
-        if dropped:
-            if self.non_finite_policy == "error":
-                raise MisconfigurationException(
-                    f"InvarianceMonitor(non_finite='error'): layer {self.layer!r} produced NaN or infinite values for "
-                    f"{dropped} of {features.shape[1]} inputs. Pass non_finite='nan' to log NaN for it instead, or "
-                    "'skip' to measure the finite inputs."
-                )
-            features = features[:, _finite_samples(features)]
-        for metric in (self.consistency, self.variance, self.linear or self.linear_fit):
-            if metric is not None:
-                metric.update(features)
+        others = [m for m in (self.consistency, self.variance, self.linear or self.linear_fit) if m is not None]
+        if not others:
+            return
+        keep = finite_samples(features)
+        if not bool(keep.all()):
+            features = features[:, keep]
+        for metric in others:
+            metric.update(features)
 
     def update_lie(self, features: Tensor, derivatives: Tensor) -> None:
         """Add one chunk of representations and their Lie derivatives (samples with NaN/inf left out)."""
         if self.lie is None:
             return
-        keep = _finite_samples(torch.stack([features.flatten(1), derivatives.flatten(1)]))
-        if keep is not None:
+        keep = finite_samples(torch.stack([features.flatten(1), derivatives.flatten(1)]))
+        if not bool(keep.all()):
             features, derivatives = features[keep], derivatives[keep]
         self.lie.update(features, derivatives)
 
@@ -173,22 +170,29 @@ class LayerScores:
     def compute(self) -> dict[str, Tensor]:
         """Every score (synchronised across processes), per-element and per-class values included, as tensors.
 
-        ``non_finite`` holds how many inputs had NaN/inf features; under the ``"nan"`` policy every value is then
-        NaN (the metrics' own warnings about it are left to the callback's one warning).
+        ``non_finite`` holds how many inputs had NaN/inf features (all processes); under the ``"nan"`` policy every
+        value is then NaN (the metrics' own warnings about it are left to the callback's one warning), and under
+        ``"error"`` this raises on every process.
         """
         with warnings.catch_warnings():
-            if float(self.deviation.num_skipped) > 0:  # this process saw NaN/inf: the callback warns once for it
+            if float(self.deviation.num_non_finite) > 0:  # this process saw NaN/inf: the callback warns once for it
                 warnings.simplefilter("ignore")
             values = self._compute_scores()
-        non_finite = values.pop("num_skipped")
+        non_finite = values.pop("num_non_finite")
+        if float(non_finite) > 0 and self.non_finite_policy == "error":
+            raise MisconfigurationException(
+                f"InvarianceMonitor(non_finite='error'): layer {self.layer!r} produced NaN or infinite values for "
+                f"{int(non_finite)} of {int(values['num_samples'])} measured inputs. Pass non_finite='nan' to log NaN "
+                "for it instead, or 'skip' to measure the finite inputs."
+            )
         if float(non_finite) > 0 and self.non_finite_policy == "nan":
             values = {key: torch.full_like(value, float("nan"), dtype=torch.float64) for key, value in values.items()}
         return values | {"non_finite": non_finite}
 
     def _compute_scores(self) -> dict[str, Tensor]:
         summary = self.deviation.compute_summary()
-        keep = (*DEVIATION_SCORES, "per_element", "per_element_normalized", "num_samples", "pair_mean", "num_skipped")
-        keep += ("per_class", "per_class_normalized", "sample_deviations")
+        keep = (*DEVIATION_SCORES, "per_element", "per_element_normalized", "num_samples", "pair_mean")
+        keep += ("num_non_finite", "per_class", "per_class_normalized", "sample_deviations")
         values = {key: summary[key] for key in keep if key in summary}
         if self.consistency is not None:
             consistency = self.consistency.compute_summary()
@@ -212,27 +216,4 @@ class LayerScores:
         self.deviation.reset()
         for metric in self._optional():
             metric.reset()
-        self.linear, self._skipped_seen = None, 0.0
-
-
-def _finite_samples(orbit_features: Tensor) -> Tensor | None:
-    """Which samples (axis 1) have finite features for every element; ``None`` when all do (one host sync)."""
-    if not (orbit_features.is_floating_point() or orbit_features.is_complex()):
-        return None
-    finite = torch.isfinite(orbit_features).reshape(orbit_features.shape[0], orbit_features.shape[1], -1)
-    keep = finite.all(dim=2).all(dim=0)
-    return None if bool(keep.all()) else keep
-
-
-class OrderRecorder:
-    """Feeds a layer's metrics and records the order the layers run in (the callback's check before training)."""
-
-    def __init__(self, scores: LayerScores, order: list[str]) -> None:
-        self.scores, self.order = scores, order
-
-    def update(self, features: Tensor, labels: Tensor | None = None) -> None:
-        self.order.append(self.scores.layer)
-        self.scores.update(features, labels)
-
-    def update_lie(self, features: Tensor, derivatives: Tensor) -> None:
-        self.scores.update_lie(features, derivatives)
+        self.linear = None

@@ -19,7 +19,13 @@ from lightning_invariance.functional.distances import (
 from lightning_invariance.functional.normalizer import DEFAULT_NORMALIZER_WINDOW, window_pair_sums
 from lightning_invariance.groups.actions import RepresentationAction
 
-__all__ = ["DEFAULT_NORMALIZER_WINDOW", "NAN_STRATEGIES", "equivariance_deviation", "invariance_deviation"]
+__all__ = [
+    "DEFAULT_NORMALIZER_WINDOW",
+    "NAN_STRATEGIES",
+    "equivariance_deviation",
+    "finite_samples",
+    "invariance_deviation",
+]
 
 NAN_STRATEGIES = ("error", "skip")
 #: Orbits of more values than this are compared in blocks of samples of about this many values.
@@ -54,6 +60,16 @@ class DeviationBatch(NamedTuple):
     #: With a border mask: ``(|G|,)`` valid entries per sample of each element, and the entries per sample.
     valid_entries: Tensor | None = None
     entries: int = 0
+    #: Samples with NaN/inf features: those skipped, or (``nan_strategy="count"``) a count on the device of those kept.
+    num_non_finite: Tensor | int = 0
+
+
+def finite_samples(orbit_features: Tensor) -> Tensor:
+    """``(N,)``: which samples have finite features for every element of ``(|G|, N, ...)`` (computed on the device)."""
+    if not (orbit_features.is_floating_point() or orbit_features.is_complex()):
+        return torch.ones(orbit_features.shape[1], dtype=torch.bool, device=orbit_features.device)
+    finite = torch.isfinite(orbit_features)
+    return (finite.flatten(2).all(dim=2) if finite.ndim > 2 else finite).all(dim=0)
 
 
 def drop_non_finite(orbit_features: Tensor, nan_strategy: str) -> tuple[Tensor, int, Tensor | None]:
@@ -61,10 +77,7 @@ def drop_non_finite(orbit_features: Tensor, nan_strategy: str) -> tuple[Tensor, 
 
     ``nan_strategy="error"`` raises instead of leaving samples out; ``"skip"`` warns.
     """
-    if not (orbit_features.is_floating_point() or orbit_features.is_complex()):
-        return orbit_features, 0, None
-    finite = torch.isfinite(orbit_features)
-    keep = (finite.flatten(2).all(dim=2) if finite.ndim > 2 else finite).all(dim=0)
+    keep = finite_samples(orbit_features)
     num_bad = int((~keep).sum())
     if num_bad == 0:
         return orbit_features, 0, None
@@ -95,11 +108,15 @@ def _deviation_update(
     interpolated rotation), entries outside element ``g``'s valid region are zeroed in both ``f(g.x)`` and
     ``rho(g) f(x)``, and the normaliser compares the region valid for every element. Everything runs with autocast
     off, in float32 or wider, whatever the features' dtype.
+
+    ``nan_strategy="count"`` (what the metrics do for ``"error"``) keeps every sample and counts on the device those
+    with NaN/inf features, with no host sync; the caller refuses the values later. ``"error"`` and ``"skip"`` read
+    the check on the host (one sync per batch).
     """
     _check_orbit(orbit_features, num_elements)
     check_choice("distance", distance, DISTANCES)
     check_choice("reference", reference, REFERENCES)
-    check_choice("nan_strategy", nan_strategy, NAN_STRATEGIES)
+    check_choice("nan_strategy", nan_strategy, (*NAN_STRATEGIES, "count"))
     if action is not None and not action.trivial and reference != "identity":
         raise ValueError(
             f"reference={reference!r} is defined for invariance only; with a non-trivial action {action!r} the "
@@ -110,20 +127,26 @@ def _deviation_update(
         if orbit_features.shape[1] == 0:  # an empty batch adds nothing
             empty = orbit_features.new_zeros((orbit_features.shape[0], 0), dtype=torch.float64)
             return DeviationBatch(empty, empty[0], 0, None)
-        orbit, num_skipped, kept = orbit_features, 0, None
-        if distance in ("kl", "discrete"):  # class scores are small, and argmax or a probability check hides NaN
+        orbit, num_skipped, kept, non_finite = orbit_features, 0, None, 0
+        class_scores = distance in ("kl", "discrete")  # small, and argmax or a probability check hides NaN
+        if class_scores and nan_strategy == "count":
+            non_finite = (~finite_samples(orbit)).sum()
+        elif class_scores:
             orbit, num_skipped, kept = drop_non_finite(orbit, nan_strategy)
         distances, space = _distances(orbit, distance, reference, apply_softmax, action, masks)
-        if distance not in ("kl", "discrete") and not bool(torch.isfinite(distances).all()):
-            # only now look at every feature value: a NaN or inf feature makes its sample's distances non-finite
+        # a NaN or inf feature makes its sample's distances non-finite: only then look at every feature value
+        if not class_scores and nan_strategy == "count":
+            non_finite = (~torch.isfinite(distances).all(dim=0)).sum()
+        elif not class_scores and not bool(torch.isfinite(distances).all()):
             orbit, num_skipped, kept = drop_non_finite(orbit, nan_strategy)
             if num_skipped:
                 distances, space = _distances(orbit, distance, reference, apply_softmax, action, masks)
         identity_rows = space[0] if masks is None else space[0] * masks.prod(dim=0)
+    non_finite = non_finite if nan_strategy == "count" else num_skipped
+    batch = DeviationBatch(distances, identity_rows, num_skipped, kept, num_non_finite=non_finite)
     if masks is None:
-        return DeviationBatch(distances, identity_rows, num_skipped, kept)
-    valid = masks.sum(dim=1).to(torch.float64)
-    return DeviationBatch(distances, identity_rows, num_skipped, kept, valid, masks.shape[1])
+        return batch
+    return batch._replace(valid_entries=masks.sum(dim=1).to(torch.float64), entries=masks.shape[1])
 
 
 def _border_masks(orbit: Tensor, action: RepresentationAction | None, distance: str) -> Tensor:

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from lightning_invariance._sync import branches_on_host
+
 __all__ = [
     "DISTANCES",
     "REFERENCES",
@@ -131,12 +133,15 @@ def _float_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
     if distance == "euclidean":
         difference = a - b
         norm = torch.linalg.vector_norm(difference, dim=-1).to(torch.float64)
-        if difference.dtype != torch.float64:
-            # float32 squares overflow beyond ~1e19 and vanish below ~1e-19: such rows again with float64 squares
-            doubtful = ~torch.isfinite(norm) | (norm < _DOUBTFUL_NORM)
-            if bool(doubtful.any()):
-                again = torch.linalg.vector_norm(difference[doubtful], dim=-1, dtype=torch.float64)
-                norm = norm.masked_scatter(doubtful, again)
+        if difference.dtype == torch.float64:
+            return norm
+        # float32 squares overflow beyond ~1e19 and vanish below ~1e-19: such rows again with float64 squares
+        doubtful = ~torch.isfinite(norm) | (norm < _DOUBTFUL_NORM)
+        if not branches_on_host(difference.device):  # select on the device: no host sync
+            return torch.where(doubtful, torch.linalg.vector_norm(difference, dim=-1, dtype=torch.float64), norm)
+        if bool(doubtful.any()):
+            again = torch.linalg.vector_norm(difference[doubtful], dim=-1, dtype=torch.float64)
+            norm = norm.masked_scatter(doubtful, again)
         return norm
     if distance == "cosine":
         unit_a, unit_b = unit_rows(a), unit_rows(b)

@@ -21,8 +21,8 @@ class PredictionConsistency(_DeviationMetric):
         1 - \frac{1}{|D|\,|G|} \sum_{x \in D} \sum_{g \in G} \mathbb{1}\big[\hat y(g.x) \neq \hat y_{ref}(x)\big]
 
     The identity element counts in the average (it never flips), as in the G-EED. :meth:`compute_summary` returns
-    ``consistency``, ``flip_rate`` (one minus it), ``per_element_consistency``, ``num_samples`` and
-    ``num_skipped``, and two numbers that say how much of the consistency is chance:
+    ``consistency``, ``flip_rate`` (one minus it), ``per_element_consistency``, ``num_samples``,
+    ``num_skipped``, ``num_non_finite``, and two numbers that say how much of the consistency is chance:
 
     - ``chance_consistency``: how often two *different* inputs get the same label (each sample against the
       ``normalizer_window - 1`` before it, as the G-EED normaliser pairs them). A model that predicts one class
@@ -42,8 +42,9 @@ class PredictionConsistency(_DeviationMetric):
     Args:
         num_elements: ``|G|``, or the group.
         reference: ``"identity"`` (the untransformed prediction) or ``"centroid"`` (the orbit's majority label).
-        nan_strategy: ``"error"`` on NaN/inf class scores (they have no predicted label), or ``"skip"`` those samples
-            with a warning.
+        nan_strategy: ``"error"``: :meth:`compute` raises when any class scores held NaN/inf (they have no predicted
+            label); ``"skip"``: leave those samples out with a warning (see
+            :class:`~lightning_invariance.metrics.InvarianceDeviation`).
         kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example:
@@ -78,6 +79,7 @@ class PredictionConsistency(_DeviationMetric):
             "chance_consistency": 1.0 - chance_flip_rate,
             "num_samples": deviation["num_samples"],
             "num_skipped": deviation["num_skipped"],
+            "num_non_finite": deviation["num_non_finite"],
         }
         if self.reference != "identity":
             return summary

@@ -38,7 +38,7 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
     max_deviation: Tensor
     pair_sum: Tensor
     pair_count: Tensor
-    num_skipped: Tensor
+    num_non_finite: Tensor
     class_sum: Tensor
     class_count: Tensor
     sample_deviations: list[Tensor]
@@ -85,7 +85,7 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
         self.add_state("num_samples", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self.add_state("sample_sq_sum", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self.add_state("max_deviation", torch.zeros((), dtype=f64), dist_reduce_fx="max")
-        self.add_state("num_skipped", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        self.add_state("num_non_finite", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self._add_normalizer_states(distance, normalizer_window)
         if num_classes is not None:
             self.add_state("class_sum", torch.zeros(num_classes, dtype=f64), dist_reduce_fx="sum")
@@ -105,12 +105,12 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
             check_labels(labels, orbit_features, self.num_classes)
         elif labels is not None:
             raise ValueError("`labels` were given to a metric built without `num_classes`; pass num_classes=C.")
-        batch = _deviation_update(
+        batch = _deviation_update(  # "error" counts NaN/inf on the device and refuses at compute: no host sync
             orbit_features,
             self.distance,
             self.reference,
             self.apply_softmax,
-            self.nan_strategy,
+            "count" if self.nan_strategy == "error" else self.nan_strategy,
             action=self.action,
             num_elements=self.num_elements,
             border_mask=self.border_mask,
@@ -124,8 +124,7 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
         self.sample_sq_sum.add_(per_sample.square().sum())
         if distances.numel():
             torch.maximum(self.max_deviation, distances.max(), out=self.max_deviation)
-        if batch.num_skipped:
-            self.num_skipped.add_(batch.num_skipped)
+        self.num_non_finite.add_(batch.num_non_finite)
         if self.num_classes is not None:
             kept_labels = labels if batch.kept is None else labels[batch.kept.to(labels.device)]
             kept_labels = kept_labels.to(self.class_sum.device, torch.long)
@@ -142,6 +141,12 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
         n = self.num_samples
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=n.device)
         empty = float(n) == 0
+        refused = self.nan_strategy == "error" and float(self.num_non_finite) > 0
+        if refused and warn:
+            raise ValueError(
+                f"The orbit features held NaN or infinite values for {int(self.num_non_finite)} of {int(n)} samples. "
+                "Fix the model or inputs, or pass nan_strategy='skip' to leave those samples out with a warning."
+            )
         pair_mean = self._normalizer_mean()
         if warn and empty:
             warn_nan(f"{type(self).__name__} has seen no sample (or skipped every one): its value is NaN.")
@@ -164,7 +169,7 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
             extra["sample_deviations"] = _concatenated(self.sample_deviations, n)
         if self.border_mask:
             extra["valid_fraction"] = self.valid_entries / self.entries
-        return extra | {
+        summary = extra | {
             "geed": geed,
             "geed_normalized": geed / pair_mean,
             "stderr": _standard_error(self.element_sum, self.sample_sq_sum, n),
@@ -173,8 +178,15 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
             "per_element_normalized": per_element / pair_mean,
             "pair_mean": pair_mean,
             "num_samples": n.clone(),
-            "num_skipped": self.num_skipped.clone(),
         }
+        if refused:  # every statistic would mix in NaN/inf: none is a number (the counts stay)
+            summary = {key: _nan_unless_count(key, value) for key, value in summary.items()}
+        skipped = self.num_non_finite if self.nan_strategy == "skip" else torch.zeros_like(self.num_non_finite)
+        return summary | {"num_skipped": skipped.clone(), "num_non_finite": self.num_non_finite.clone()}
+
+
+def _nan_unless_count(key: str, value: Tensor) -> Tensor:
+    return value if key in ("num_samples", "class_count") else torch.full_like(value, float("nan"), dtype=torch.float64)
 
 
 def _elements_of(action: RepresentationAction, num_elements: int | Group | None) -> int:
@@ -228,9 +240,10 @@ class InvarianceDeviation(_DeviationMetric):
     :meth:`compute_summary` returns every statistic, synchronised like ``compute``: ``geed`` (raw),
     ``geed_normalized``, ``stderr`` (standard error of the raw G-EED over samples), ``max`` (the largest single
     distance), ``per_element`` and ``per_element_normalized`` (``(|G|,)``), ``pair_mean`` (the normaliser),
-    ``num_samples`` and ``num_skipped``; with ``num_classes``: ``per_class``, ``per_class_normalized`` (NaN for a class
-    never seen) and ``class_count``; with ``keep_sample_deviations``: ``sample_deviations``; with ``border_mask``:
-    ``valid_fraction`` per element. It does not warn: every value is NaN (counts 0) before any sample.
+    ``num_samples``, ``num_skipped`` (samples left out) and ``num_non_finite`` (samples whose features held NaN/inf);
+    with ``num_classes``: ``per_class``, ``per_class_normalized`` (NaN for a class never seen) and ``class_count``;
+    with ``keep_sample_deviations``: ``sample_deviations``; with ``border_mask``: ``valid_fraction`` per element. It
+    does not warn: every value is NaN (counts 0) before any sample.
 
     Args:
         num_elements: ``|G|``, the number of group elements (axis 0 of the orbit features), or the group itself.
@@ -238,7 +251,10 @@ class InvarianceDeviation(_DeviationMetric):
         reference: ``"centroid"`` or ``"identity"``.
         normalize: make :meth:`compute` return the normalised G-EED.
         apply_softmax: for ``kl``: the features are logits (``False``: probabilities).
-        nan_strategy: ``"error"`` on NaN/inf features, or ``"skip"`` those samples with a warning.
+        nan_strategy: ``"error"``: :meth:`compute` raises when any sample's features held NaN/inf, and
+            :meth:`compute_summary` gives every statistic as NaN (the samples are counted on the device, so
+            ``update`` never waits for it); ``"skip"``: leave those samples out with a warning (one host-device
+            synchronisation per ``update``).
         normalizer_window: the normaliser pairs each sample with the ``normalizer_window - 1`` samples before it,
             across batches (see :mod:`~lightning_invariance.functional.normalizer`).
         num_classes: also keep the G-EED per class; ``update`` then needs ``labels``.

@@ -1,0 +1,104 @@
+"""Measuring adds no host-device synchronisation per chunk: the count does not grow with the number of chunks.
+
+A GPU stalls at every ``.item()``, ``float(t)``, ``bool(t)`` or data-dependent shape (boolean indexing,
+``nonzero``): the host waits for the queue to drain before it can issue the next kernel. The counter below sees them
+on the CPU through a ``TorchFunctionMode``, so the test needs no GPU: if the count for 12 chunks equals the count for
+2 chunks, the hot path does not synchronise per chunk. On the CPU the code may branch on the host (a sync is free
+there); the tests take the accelerators' path by emptying ``HOST_BRANCH_DEVICES``, and check both paths agree.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from lightning_invariance import InvarianceDeviation, Probe, _sync
+from lightning_invariance.functional.distances import per_sample_distance
+from lightning_invariance.groups import CyclicRotation
+
+SYNCING = {"__bool__", "__float__", "__int__", "__index__", "item", "tolist", "nonzero", "masked_select"}
+
+
+class SyncCounter(TorchFunctionMode):
+    """Counts the tensor operations that make the host wait for the device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        boolean_index = name == "__getitem__" and _has_bool_tensor(args[1:])
+        if name in SYNCING or boolean_index:
+            self.calls.append("boolean index" if boolean_index else name)
+        return func(*args, **(kwargs or {}))
+
+
+def _has_bool_tensor(items) -> bool:
+    for item in items:
+        if isinstance(item, Tensor) and item.dtype == torch.bool:
+            return True
+        if isinstance(item, (tuple, list)) and _has_bool_tensor(item):
+            return True
+    return False
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5))
+
+
+def _syncs_while_measuring(num_chunks: int, layers: list[str]) -> list[str]:
+    group = CyclicRotation(4)
+    probe = Probe(_model(), group, layers=layers, chunk_size=4 * 8)  # 8 samples a chunk
+    inputs = torch.randn(8 * num_chunks, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    metrics = {layer: InvarianceDeviation(group, normalize=True) for layer in layers}
+    with SyncCounter() as counter:
+        probe.update(inputs, metrics)
+    return counter.calls
+
+
+@pytest.fixture
+def accelerator_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the code as it runs on an accelerator: no host branches."""
+    monkeypatch.setattr(_sync, "HOST_BRANCH_DEVICES", frozenset())
+
+
+def test_measuring_does_not_synchronise_per_chunk(accelerator_path) -> None:
+    layers = ["1", "output"]
+    few, many = _syncs_while_measuring(2, layers), _syncs_while_measuring(12, layers)
+    assert len(many) == len(few), f"{len(few)} syncs for 2 chunks, {len(many)} for 12: {many}"
+
+
+def test_the_accelerator_path_gives_the_cpu_path_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows whose float32 norm overflows, underflows or is 0 are recomputed (CPU) or selected (accelerators) alike."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4, 6, 33, generator=generator), torch.randn(4, 6, 33, generator=generator)
+    a[0, 1] *= 1e25  # overflows in float32 squares
+    a[1, 2], b[1, 2] = a[1, 2] * 1e-25, b[1, 2] * 1e-25  # underflows
+    b[2, 3] = a[2, 3]  # exactly 0
+    on_host = per_sample_distance(a, b, "euclidean")
+    monkeypatch.setattr(_sync, "HOST_BRANCH_DEVICES", frozenset())
+    on_device = per_sample_distance(a, b, "euclidean")
+    reference = torch.linalg.vector_norm(a.double() - b.double(), dim=-1)
+    torch.testing.assert_close(on_device, on_host, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(on_host, reference, rtol=1e-6, atol=0.0)
+
+
+def test_the_callbacks_layer_scores_do_not_synchronise_per_chunk(accelerator_path) -> None:
+    """At the callback's defaults (the G-EED, non_finite="nan") a chunk's features go to the metrics without a sync."""
+    from lightning_invariance.callbacks._scores import LayerScores, ScoreOptions
+
+    def syncs(num_chunks: int) -> list[str]:
+        group = CyclicRotation(4)
+        options = ScoreOptions(len(group), ("geed", "geed_normalized"), "euclidean", "centroid", None)
+        scores = {layer: LayerScores.create(layer, options, torch.device("cpu")) for layer in ("1", "output")}
+        probe = Probe(_model(), group, layers=list(scores), chunk_size=4 * 8)
+        inputs = torch.randn(8 * num_chunks, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+        with SyncCounter() as counter:
+            probe.run(inputs, lambda name, features: scores[name].update(features))
+        return counter.calls
+
+    assert syncs(12) == syncs(2) == []
