@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import multiprocessing
+import platform
 import resource
 import statistics
 import time
@@ -60,19 +63,52 @@ def resnet18(width: int = 16, num_classes: int = 10) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+def add_device_arguments(parser: argparse.ArgumentParser, autocast: bool = True) -> None:
+    """``--device`` (``cpu``, ``cuda``, ``cuda:1``) and, if told, ``--autocast`` (``bf16``: floor and measurement)."""
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, ...")
+    if autocast:
+        parser.add_argument(
+            "--autocast", choices=["off", "bf16"], default="off", help="run every forward pass under bf16 autocast"
+        )
+
+
+def forward_context(device: torch.device, autocast: str) -> contextlib.AbstractContextManager[Any]:
+    """The autocast context every timed forward pass runs in (the floor's and the measurement's alike)."""
+    if autocast == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def device_name(device: torch.device) -> str:
+    """The processor or the card, for a table's heading."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def synchronize(device: torch.device | None) -> None:
+    """Wait for the device's queued work, so that wall time covers it."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: torch.device | None = None) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs (the device's queue drained)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def interleaved_seconds(fns: list[Callable[[], Any]], repeats: int, warmup: int = 1) -> list[list[float]]:
+def interleaved_seconds(
+    fns: list[Callable[[], Any]], repeats: int, warmup: int = 1, device: torch.device | None = None
+) -> list[list[float]]:
     """Wall times of each ``fn`` in round-robin rounds: ``times[round][i]`` for ``fns[i]``.
 
     Ratios taken within a round cancel the slow drift of a shared machine's speed; take their median.
@@ -84,11 +120,23 @@ def interleaved_seconds(fns: list[Callable[[], Any]], repeats: int, warmup: int 
     for _ in range(repeats):
         times = []
         for fn in fns:
+            synchronize(device)
             start = time.perf_counter()
             fn()
+            synchronize(device)
             times.append(time.perf_counter() - start)
         rounds.append(times)
     return rounds
+
+
+def cuda_peak_mib(fn: Callable[[], Any], device: torch.device) -> float:
+    """MiB of CUDA memory ``fn()`` allocated at its peak, above what was allocated before it."""
+    synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
 def _status_kib(field: str) -> int:

@@ -4,10 +4,11 @@ The straightforward way: one forward pass per group element over the data in dat
 on (as in a training script), forward hooks that keep every layer's features, then the centroid and a Python-level
 distance per sample and element, and the normaliser per batch with ``torch.cdist``. Both give the same G-EED
 (checked to 1e-4; the normalised ones to 5%, as the normalisers pair samples in different groups). The probe runs at
-its defaults. Time: median of repeats in this process; peak memory: a fresh process each, resident memory above
-the model's and data's set-up.
+its defaults. The floor is what any measurement must do: each chunk's orbit built and run forward under
+``torch.no_grad()`` at the probe's chunk size, nothing kept. Time: median of repeats in this process; peak memory: a
+fresh process each, resident memory above the model's and data's set-up (on a GPU: CUDA memory allocated above it).
 
-    python benchmarks/vs_loop.py [--quick]
+    python benchmarks/vs_loop.py [--quick] [--device cuda]
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import functools
 import torch
 
 from lightning_invariance import InvarianceDeviation, Probe
+from lightning_invariance._layers import ACCELERATOR_CHUNK_SIZE, CPU_CHUNK_SIZE
 from lightning_invariance.groups import Dihedral
 
-from _common import median_seconds, peak_memory_mib, small_cnn, table
+from _common import add_device_arguments, cuda_peak_mib, device_name, median_seconds, peak_memory_mib, small_cnn, table
 
 BATCH = 128
 INNER = ["1", "3", "6"]
@@ -64,48 +66,68 @@ def straightforward(
     return scores
 
 
+def floor(model: torch.nn.Module, inputs: torch.Tensor, group, layers: list[str]) -> None:
+    """Each chunk's orbit through the model at the probe's default chunk size, nothing kept."""
+    chunk = CPU_CHUNK_SIZE if inputs.device.type == "cpu" else ACCELERATOR_CHUNK_SIZE
+    per_chunk = max(1, chunk // len(group))
+    with torch.no_grad():
+        for start in range(0, len(inputs), per_chunk):
+            model(group.orbit(inputs[start : start + per_chunk]).flatten(0, 1))
+
+
 def with_probe(
     model: torch.nn.Module, inputs: torch.Tensor, group, layers: list[str]
 ) -> dict[str, tuple[float, float]]:
     """The probe at its defaults (chunk size, normaliser pairs within each chunk)."""
-    metrics = {layer: InvarianceDeviation(len(group)) for layer in layers}
+    metrics = {layer: InvarianceDeviation(len(group)).to(inputs.device) for layer in layers}
     Probe(model, group, layers=layers).update(inputs, metrics)
     summaries = {layer: metric.compute_summary() for layer, metric in metrics.items()}
     return {layer: (s["geed"].item(), s["geed_normalized"].item()) for layer, s in summaries.items()}
 
 
-def _setup(n: int, how: str, layers: list[str]):
+def _setup(n: int, how: str, layers: list[str], device: str = "cpu"):
     torch.manual_seed(0)
-    model, inputs, group = small_cnn().eval(), torch.randn(n, 1, 16, 16), Dihedral(4)
-    fn = straightforward if how == "loop" else with_probe
+    model, inputs, group = small_cnn().eval().to(device), torch.randn(n, 1, 16, 16).to(device), Dihedral(4)
+    fn = {"floor": floor, "loop": straightforward, "probe": with_probe}[how]
     return functools.partial(fn, model, inputs, group, layers)
+
+
+def _peak_mib(n: int, how: str, layers: list[str], device: torch.device) -> float:
+    if device.type == "cuda":
+        return cuda_peak_mib(_setup(n, how, layers, str(device)), device)
+    return peak_memory_mib(functools.partial(_setup, n, how, layers))[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
     parser.add_argument("--repeats", type=int, default=3)
+    add_device_arguments(parser, autocast=False)
     args = parser.parse_args()
-    n = 128 if args.quick else 2048
+    device = torch.device(args.device)
+    n = (128 if args.quick else 2048) * (1 if device.type == "cpu" else 8)
     repeats = 1 if args.quick else args.repeats
     rows = []
     for layers in (["output"], ["output", *INNER]):
-        loop_run, probe_run = _setup(n, "loop", layers), _setup(n, "probe", layers)
+        floor_run = _setup(n, "floor", layers, args.device)
+        loop_run, probe_run = _setup(n, "loop", layers, args.device), _setup(n, "probe", layers, args.device)
         loop_scores, probe_scores = loop_run(), probe_run()
         for layer in layers:  # the same G-EED; the normalisers pair samples within different groups
             (loop_raw, loop_normalized), (probe_raw, probe_normalized) = loop_scores[layer], probe_scores[layer]
             assert abs(loop_raw - probe_raw) <= 1e-4 * abs(loop_raw), (layer, loop_raw, probe_raw)
             assert abs(loop_normalized - probe_normalized) <= 0.05 * abs(loop_normalized), layer
-        loop_time = median_seconds(loop_run, repeats, warmup=0)
-        probe_time = median_seconds(probe_run, repeats, warmup=0)
-        _, loop_mib = peak_memory_mib(functools.partial(_setup, n, "loop", layers))
-        _, probe_mib = peak_memory_mib(functools.partial(_setup, n, "probe", layers))
-        rows.append([len(layers), loop_time, probe_time, loop_time / probe_time, loop_mib, probe_mib])
+        floor_time = median_seconds(floor_run, repeats, device=device)
+        loop_time = median_seconds(loop_run, repeats, warmup=0, device=device)
+        probe_time = median_seconds(probe_run, repeats, warmup=0, device=device)
+        mib = [_peak_mib(n, how, layers, device) for how in ("floor", "loop", "probe")]
+        rows.append([len(layers), floor_time, loop_time, probe_time, loop_time / probe_time, probe_time / floor_time])
+        rows[-1] += mib
     print(
-        f"Small CNN, |G| = 8 (D4), N = {n} 16x16 inputs, batch {BATCH}; median of {repeats} "
-        f"({torch.get_num_threads()} threads)"
+        f"Small CNN, |G| = 8 (D4), N = {n} 16x16 inputs, batch {BATCH}; median of {repeats} ({device_name(device)}, "
+        f"torch {torch.__version__})"
     )
-    print(table(["L", "loop s", "probe s", "speed-up", "loop peak MiB", "probe peak MiB"], rows))
+    headers = ["L", "floor s", "loop s", "probe s", "speed-up", "probe / floor"]
+    print(table([*headers, "floor peak MiB", "loop peak MiB", "probe peak MiB"], rows))
 
 
 if __name__ == "__main__":

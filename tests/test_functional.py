@@ -196,3 +196,24 @@ def test_skipping_every_sample_leaves_nothing_to_average():
     with pytest.warns(UserWarning, match="Skipping 3 of 3"):
         value = invariance_deviation(orbit, nan_strategy="skip")
     assert math.isnan(value.item())
+
+
+def test_the_fast_reductions_equal_the_plain_ones() -> None:
+    """``largest_magnitude`` is the inf-norm and ``finite_samples`` the all-finite check, NaN and inf included."""
+    import math
+
+    from lightning_invariance.functional.deviation import finite_samples
+    from lightning_invariance.functional.distances import largest_magnitude
+
+    x = torch.randn(3, 7, 4, 5, generator=torch.Generator().manual_seed(0))
+    x[0, 1, 2, 3], x[1, 3, 0, 0], x[2, 5, 3, 4], x[2, 6, 1, 1] = float("nan"), float("inf"), -float("inf"), -1e38
+    rows = x.flatten(2)
+    torch.testing.assert_close(
+        largest_magnitude(rows),
+        torch.linalg.vector_norm(rows, ord=math.inf, dim=-1, keepdim=True),
+        equal_nan=True,
+        rtol=0,
+        atol=0,
+    )
+    plain = torch.isfinite(x).flatten(2).all(dim=2).all(dim=0)
+    assert torch.equal(finite_samples(x), plain) and plain.tolist() == [True, False, True, False, True, False, True]

@@ -68,8 +68,11 @@ def finite_samples(orbit_features: Tensor) -> Tensor:
     """``(N,)``: which samples have finite features for every element of ``(|G|, N, ...)`` (computed on the device)."""
     if not (orbit_features.is_floating_point() or orbit_features.is_complex()):
         return torch.ones(orbit_features.shape[1], dtype=torch.bool, device=orbit_features.device)
-    finite = torch.isfinite(orbit_features)
-    return (finite.flatten(2).all(dim=2) if finite.ndim > 2 else finite).all(dim=0)
+    if orbit_features.is_complex() or orbit_features.ndim == 2 or 0 in orbit_features.shape:
+        finite = torch.isfinite(orbit_features)
+        return (finite.flatten(2).all(dim=2) if finite.ndim > 2 else finite).all(dim=0)
+    flat = orbit_features.flatten(2)  # NaN and inf reach the largest or smallest value: two fast reductions
+    return (torch.isfinite(flat.amax(dim=2)) & torch.isfinite(flat.amin(dim=2))).all(dim=0)
 
 
 def drop_non_finite(orbit_features: Tensor, nan_strategy: str) -> tuple[Tensor, int, Tensor | None]:

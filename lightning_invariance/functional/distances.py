@@ -13,6 +13,7 @@ __all__ = [
     "DISTANCES",
     "REFERENCES",
     "check_choice",
+    "largest_magnitude",
     "orbit_reference",
     "per_sample_distance",
     "power_of_two_scale",
@@ -123,9 +124,20 @@ def power_of_two_scale(largest: Tensor) -> Tensor:
     return torch.exp2(-exponent.clamp(-limit, limit).to(largest.dtype))
 
 
+def largest_magnitude(x: Tensor) -> Tensor:
+    """``max |x|`` over the last axis, kept as an axis of size 1 (NaN where a vector holds NaN, 0 for empty ones).
+
+    Equal to ``vector_norm(x, ord=inf)`` and several times faster on CPU (two plain reductions instead of one over
+    ``abs``).
+    """
+    if x.shape[-1] == 0:
+        return x.new_zeros((*x.shape[:-1], 1))
+    return torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg())
+
+
 def unit_rows(x: Tensor) -> Tensor:
     """Vectors on the last axis scaled to unit norm (zero vectors stay zero), without overflow."""
-    x = x * power_of_two_scale(torch.linalg.vector_norm(x, ord=math.inf, dim=-1, keepdim=True))
+    x = x * power_of_two_scale(largest_magnitude(x))
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
 
 

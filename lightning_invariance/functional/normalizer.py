@@ -19,13 +19,13 @@ segment carries its tail's prepared form, so a stream prepares each row once.
 
 from __future__ import annotations
 
-import math
+import functools
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from lightning_invariance.functional.distances import DISTANCES, power_of_two_scale, unit_rows
+from lightning_invariance.functional.distances import DISTANCES, largest_magnitude, power_of_two_scale, unit_rows
 
 __all__ = ["DEFAULT_NORMALIZER_WINDOW", "Segment", "extend_segment", "join_segments", "window_pair_sums"]
 
@@ -58,7 +58,7 @@ class PreparedRows:
             return cls(distance, {"probs": probs, "floored": floored, "entropy": entropy})
         rows = rows.to(torch.float64 if rows.dtype == torch.float64 else torch.float32)
         if distance == "euclidean":
-            scale = power_of_two_scale(torch.linalg.vector_norm(rows, ord=math.inf, dim=-1, keepdim=True))
+            scale = power_of_two_scale(largest_magnitude(rows))
             scaled = rows * scale
             squares = (scaled * scaled).sum(-1).to(torch.float64)
             return cls(distance, {"rows": scaled, "squares": squares, "unscale": 1.0 / scale.squeeze(-1).double()})
@@ -155,24 +155,36 @@ def _cat(first: Tensor, second: Tensor) -> Tensor:
 def _banded_sums(old: PreparedRows, new: PreparedRows, window: int, cross_only: bool) -> tuple[Tensor, int]:
     """Pairs ``(i, j)`` of ``[old; new]`` with ``j`` in ``new``, ``0 < j - i < window`` (``i`` in ``old`` if told).
 
-    Processed in blocks of ``window`` rows of ``new``, each against its partners only, so no matrix is larger than
-    ``window x 2 window``.
+    Processed in blocks of ``window`` rows of ``new``, each against its partners only (those in ``old`` and those in
+    ``new`` separately, so no rows are copied), so no matrix is larger than ``window x 2 window``.
     """
     t, n = len(old), len(new)
     first = next(iter(new.parts.values()))
     total = torch.zeros((), dtype=torch.float64, device=first.device)
     count = 0
-    both = old.cat(new) if t else new
     for start in range(t, t + n, window):
         stop = min(start + window, t + n)
         low = max(0, start - window + 1)
         high = min(stop, t) if cross_only else stop
-        if high <= low:
-            continue
-        block = both[start:stop].pair_matrix(both[low:high])
-        j = torch.arange(start, stop, device=first.device).unsqueeze(1)
-        i = torch.arange(low, high, device=first.device).unsqueeze(0)
-        in_band = (i < j) & (j - i < window)
-        total = total + torch.where(in_band, block, 0.0).sum()
-        count += sum(max(0, min(jj, high) - max(low, jj - window + 1)) for jj in range(start, stop))
+        block = new[start - t : stop - t]
+        for rows, offset in ((old, 0), (new, t)):  # the partners in old, then those in new
+            begin, end = max(low, offset), min(high, offset + len(rows))
+            if end <= begin:
+                continue
+            in_band, pairs = _band(start - begin, stop - start, end - begin, window, first.device)
+            matrix = block.pair_matrix(rows[begin - offset : end - offset])
+            total = total + torch.where(in_band, matrix, 0.0).sum()
+            count += pairs
     return total, 2 * count
+
+
+@functools.lru_cache(maxsize=64)
+def _band(offset: int, rows: int, columns: int, window: int, device: torch.device) -> tuple[Tensor, int]:
+    """Which ``(j, i)`` of a ``rows x columns`` block are pairs (``0 < j - i < window``), and how many.
+
+    ``j`` counts from ``offset`` columns on. The same blocks recur all along a stream, so each is built once.
+    """
+    j = torch.arange(offset, offset + rows).unsqueeze(1)
+    i = torch.arange(columns).unsqueeze(0)
+    in_band = (i < j) & (j - i < window)
+    return in_band.to(device), int(in_band.sum())
