@@ -24,7 +24,7 @@ from lightning_invariance.metrics._records import make_record, read_records
 __all__ = ["QUEUE_ROWS", "QUEUE_VALUES", "WindowNormalizer"]
 
 #: Rows are paired once this many are queued, or once they hold this many values.
-QUEUE_ROWS, QUEUE_VALUES = 256, 1 << 20
+QUEUE_ROWS, QUEUE_VALUES = 256, 1 << 19
 
 
 class WindowNormalizer(Metric):
