@@ -267,7 +267,7 @@ def test_prediction_consistency_accepts_the_nan_strategy_its_error_suggests() ->
     scores[2, 1, 0] = float("nan")
     refusing = PredictionConsistency(4)
     refusing.update(scores)  # counted on the device: the error comes at compute
-    with pytest.raises(ValueError, match="NaN or infinite values for 1 of 5 samples.*nan_strategy='skip'"):
+    with pytest.raises(ValueError, match=r"NaN or infinite values for 1 of 5 samples.*nan_strategy='skip'"):
         refusing.compute()
     metric = PredictionConsistency(4, nan_strategy="skip")
     with pytest.warns(UserWarning, match="Skipping 1 of 5"):
