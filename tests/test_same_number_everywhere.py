@@ -311,7 +311,7 @@ def test_compute_before_any_update_warns() -> None:
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine", "kl", "discrete"])
 def test_nan_strategy_error_refuses_at_compute_and_summarises_as_nan(distance) -> None:
-    """ "error" counts NaN/inf samples on the device (no host sync per update) and never returns a number for them."""
+    """`nan_strategy="error"` counts NaN/inf samples on the device (no host sync) and never gives a number for them."""
     features = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(0))
     features[3, 4, 1] = float("inf")
     features[0, 1, 0] = float("nan")
