@@ -13,10 +13,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+from torchmetrics import Metric
 
 from lightning_invariance import InvarianceDeviation, Probe, _sync
 from lightning_invariance.functional.distances import per_sample_distance
-from lightning_invariance.groups import CyclicRotation
+from lightning_invariance.groups import CyclicRotation, SpatialAction
+from lightning_invariance.metrics import EquivarianceDeviation, PredictionConsistency
 
 SYNCING = {"__bool__", "__float__", "__int__", "__index__", "item", "tolist", "nonzero", "masked_select"}
 
@@ -50,11 +52,21 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5))
 
 
-def _syncs_while_measuring(num_chunks: int, layers: list[str]) -> list[str]:
+def _metrics(kind: str, group) -> dict[str, Metric]:
+    """Each metric at its defaults (normalised where it can be) on layers whose features suit it."""
+    if kind == "equivariance":  # the first convolution's feature maps turn with the input
+        return {"0": EquivarianceDeviation(SpatialAction(group), normalize=True)}
+    if kind == "consistency":
+        return {"output": PredictionConsistency(group)}
+    layers = ["output"] if kind in ("kl", "discrete") else ["1", "output"]  # class scores for kl and discrete
+    return {layer: InvarianceDeviation(group, distance=kind, normalize=True) for layer in layers}
+
+
+def _syncs_while_measuring(num_chunks: int, kind: str) -> list[str]:
     group = CyclicRotation(4)
-    probe = Probe(_model(), group, layers=layers, chunk_size=4 * 8)  # 8 samples a chunk
+    metrics = _metrics(kind, group)
+    probe = Probe(_model(), group, layers=list(metrics), chunk_size=4 * 8)  # 8 samples a chunk
     inputs = torch.randn(8 * num_chunks, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    metrics = {layer: InvarianceDeviation(group, normalize=True) for layer in layers}
     with SyncCounter() as counter:
         probe.update(inputs, metrics)
     return counter.calls
@@ -66,9 +78,9 @@ def accelerator_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_sync, "HOST_BRANCH_DEVICES", frozenset())
 
 
-def test_measuring_does_not_synchronise_per_chunk(accelerator_path) -> None:
-    layers = ["1", "output"]
-    few, many = _syncs_while_measuring(2, layers), _syncs_while_measuring(12, layers)
+@pytest.mark.parametrize("kind", ["euclidean", "cosine", "kl", "discrete", "equivariance", "consistency"])
+def test_measuring_does_not_synchronise_per_chunk(accelerator_path, kind) -> None:
+    few, many = _syncs_while_measuring(2, kind), _syncs_while_measuring(12, kind)
     assert len(many) == len(few), f"{len(few)} syncs for 2 chunks, {len(many)} for 12: {many}"
 
 
