@@ -112,6 +112,7 @@ class Probe(LayerRunner):
         chunk_inputs = [0]
         stop_early = [False]
         gathered = _Gatherer(consume)
+        order: list[str] = []  # the layers in the order they ran in this chunk
 
         def capture(name: str, output: Any) -> None:
             calls[name] += 1
@@ -139,7 +140,7 @@ class Probe(LayerRunner):
                 orbit = orbit_batch(self.group, chunk)
                 chunk_inputs[0] = batch_size(orbit)
                 calls.update(dict.fromkeys(calls, 0))
-                order: list[str] = []
+                order.clear()
                 with contextlib.suppress(_AllCaptured):
                     self.model(orbit)
                 stop_early[0] = all(module is not self.model for module in self._modules.values())
@@ -149,8 +150,8 @@ class Probe(LayerRunner):
                         f"Layer(s) {silent} did not run during the forward pass, so nothing was "
                         "captured; check the module paths against the model's forward."
                     )
-                self.layer_order = order
-        gathered.flush()
+                self.layer_order = list(order)
+            gathered.flush()
 
 
 class _Gatherer:
