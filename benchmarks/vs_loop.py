@@ -1,11 +1,12 @@
 """The probe against the straightforward loop a user would write without this package.
 
 The straightforward way: one forward pass per group element over the data in dataloader-sized batches with autograd
-on (as in a training script), forward hooks that keep every layer's features, then the centroid and a Python-level
-distance per sample and element, and the normaliser per batch with ``torch.cdist``. Both give the same G-EED
+on (as in a training script), forward hooks that keep every layer's features, then the centroid distances in one
+vectorised pass, and the normaliser per batch with ``torch.cdist``. Both give the same G-EED
 (checked to 1e-4; the normalised ones to 5%, as the normalisers pair samples in different groups). The probe runs at
 its defaults. The floor is what any measurement must do: each chunk's orbit built and run forward under
-``torch.no_grad()`` at the probe's chunk size, nothing kept. Time: median of repeats in this process; peak memory: a
+``torch.no_grad()`` at the probe's chunk size, nothing kept. Time: the three interleaved in rounds, medians of the
+times and of the per-round ratios (which cancels a shared machine's drift); peak memory: a
 fresh process each, resident memory above the model's and data's set-up (on a GPU: CUDA memory allocated above it).
 
     python benchmarks/vs_loop.py [--quick] [--device cuda]
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import statistics
 
 import torch
 
@@ -22,7 +24,15 @@ from lightning_invariance import InvarianceDeviation, Probe
 from lightning_invariance._layers import ACCELERATOR_CHUNK_SIZE, CPU_CHUNK_SIZE
 from lightning_invariance.groups import Dihedral
 
-from _common import add_device_arguments, cuda_peak_mib, device_name, median_seconds, peak_memory_mib, small_cnn, table
+from _common import (
+    add_device_arguments,
+    cuda_peak_mib,
+    device_name,
+    interleaved_seconds,
+    peak_memory_mib,
+    small_cnn,
+    table,
+)
 
 BATCH = 128
 INNER = ["1", "3", "6"]
@@ -51,12 +61,7 @@ def straightforward(
     scores = {}
     for layer in layers:
         orbit = torch.stack([torch.cat(chunks) for chunks in stored[layer]])  # (|G|, N, D)
-        centroid = orbit.mean(0)
-        total = 0.0
-        for i in range(orbit.shape[1]):
-            for g in range(orbit.shape[0]):
-                total += torch.dist(orbit[g, i], centroid[i]).item()
-        geed = total / (orbit.shape[0] * orbit.shape[1])
+        geed = torch.linalg.vector_norm(orbit - orbit.mean(0), dim=-1).mean().item()  # one centroid distance pass
         pair_sum, pair_count = 0.0, 0
         for batch in orbit[0].split(BATCH):
             distances = torch.cdist(batch, batch)
@@ -101,7 +106,7 @@ def _peak_mib(n: int, how: str, layers: list[str], device: torch.device) -> floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     add_device_arguments(parser, autocast=False)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -116,15 +121,16 @@ def main() -> None:
             (loop_raw, loop_normalized), (probe_raw, probe_normalized) = loop_scores[layer], probe_scores[layer]
             assert abs(loop_raw - probe_raw) <= 1e-4 * abs(loop_raw), (layer, loop_raw, probe_raw)
             assert abs(loop_normalized - probe_normalized) <= 0.05 * abs(loop_normalized), layer
-        floor_time = median_seconds(floor_run, repeats, device=device)
-        loop_time = median_seconds(loop_run, repeats, warmup=0, device=device)
-        probe_time = median_seconds(probe_run, repeats, warmup=0, device=device)
+        rounds = interleaved_seconds([floor_run, loop_run, probe_run], repeats, warmup=1, device=device)
+        floor_time, loop_time, probe_time = (statistics.median(times) for times in zip(*rounds, strict=True))
+        speed_up = statistics.median(loop / probe for _, loop, probe in rounds)
+        over_floor = statistics.median(probe / floor for floor, _, probe in rounds)
         mib = [_peak_mib(n, how, layers, device) for how in ("floor", "loop", "probe")]
-        rows.append([len(layers), floor_time, loop_time, probe_time, loop_time / probe_time, probe_time / floor_time])
+        rows.append([len(layers), floor_time, loop_time, probe_time, speed_up, over_floor])
         rows[-1] += mib
     print(
-        f"Small CNN, |G| = 8 (D4), N = {n} 16x16 inputs, batch {BATCH}; median of {repeats} ({device_name(device)}, "
-        f"torch {torch.__version__})"
+        f"Small CNN, |G| = 8 (D4), N = {n} 16x16 inputs, batch {BATCH}; medians of {repeats} interleaved rounds "
+        f"({device_name(device)}, torch {torch.__version__})"
     )
     headers = ["L", "floor s", "loop s", "probe s", "speed-up", "probe / floor"]
     print(table([*headers, "floor peak MiB", "loop peak MiB", "probe peak MiB"], rows))
