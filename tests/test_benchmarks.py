@@ -18,6 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("callback_overhead.py", "added / training epoch"),
         ("measures_overhead.py", "measure / floor"),
         ("early_layers.py", "early / with output"),
+        ("device_check.py", "syncs while updating"),
     ],
 )
 def test_benchmark_script_runs(script, expected):

@@ -13,6 +13,7 @@ import numpy
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from lightning_invariance import Probe
 from lightning_invariance.functional import invariance_deviation
@@ -327,3 +328,40 @@ def test_nan_strategy_error_refuses_at_compute_and_summarises_as_nan(distance) -
     metric.reset()
     metric.update(features[:, 2:4])  # finite again after a reset
     assert torch.isfinite(metric.compute())
+
+
+class _MatmulPrecisions(TorchFunctionMode):
+    """Records the float32 matmul precision in force at every matrix product."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in ("__matmul__", "matmul", "mm", "bmm", "einsum"):
+            self.seen.append(torch.get_float32_matmul_precision())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_a_global_matmul_precision_cannot_move_a_score(distance) -> None:
+    """`torch.set_float32_matmul_precision("high")` (TF32, as Lightning suggests on GPUs) or "medium" (bf16) must not
+    reach the normaliser's Gram products or an action's matrices; the caller's setting is left as it was."""
+    from lightning_invariance.groups import MatrixAction, Rotation3D
+
+    group = Rotation3D(6, seed=0)
+    features = group.orbit(torch.randn(40, 5, 3, generator=torch.Generator().manual_seed(0)))
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        with _MatmulPrecisions() as precisions:
+            invariance = InvarianceDeviation(group, distance=distance, normalize=True)
+            invariance.update(features.flatten(2))
+            invariance.compute()
+            equivariance = EquivarianceDeviation(MatrixAction(group, group.matrices()), distance=distance)
+            equivariance.update(features)
+            equivariance.compute()
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert precisions.seen and set(precisions.seen) == {"highest"}, precisions.seen

@@ -12,6 +12,7 @@ from lightning_invariance.functional.distances import (
     DISTANCES,
     REFERENCES,
     check_choice,
+    exact_arithmetic,
     orbit_reference,
     per_sample_distance,
     to_distance_space,
@@ -125,7 +126,7 @@ def _deviation_update(
             f"reference={reference!r} is defined for invariance only; with a non-trivial action {action!r} the "
             "reference is the untransformed representation moved by the action: use reference='identity'."
         )
-    with torch.autocast(orbit_features.device.type, enabled=False):
+    with exact_arithmetic(orbit_features.device.type):
         masks = _border_masks(orbit_features, action, distance) if border_mask else None
         if orbit_features.shape[1] == 0:  # an empty batch adds nothing
             empty = orbit_features.new_zeros((orbit_features.shape[0], 0), dtype=torch.float64)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -13,6 +15,7 @@ __all__ = [
     "DISTANCES",
     "REFERENCES",
     "check_choice",
+    "exact_arithmetic",
     "largest_magnitude",
     "orbit_reference",
     "per_sample_distance",
@@ -25,6 +28,25 @@ DISTANCES = ("euclidean", "cosine", "kl", "discrete")
 #: Float32 norms below this may have lost squares to underflow; they are recomputed with float64 squares.
 _DOUBTFUL_NORM = 2.0**-60
 REFERENCES = ("centroid", "identity")
+
+
+@contextlib.contextmanager
+def exact_arithmetic(device_type: str) -> Iterator[None]:
+    """Run the measuring arithmetic as defined, whatever the caller set.
+
+    Autocast is off, and float32 matrix products run in full float32 (matmul precision ``"highest"``: no TF32 or
+    bf16 passes, which ``"high"`` and ``"medium"`` allow, so a global setting cannot move a score). The caller's
+    setting is restored on the way out, also on error; the model's own forward passes run outside this and keep it.
+    """
+    previous = torch.get_float32_matmul_precision()
+    if previous != "highest":
+        torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        if previous != "highest":
+            torch.set_float32_matmul_precision(previous)
 
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -108,7 +130,7 @@ def per_sample_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
     """
     if distance == "discrete":
         return (a != b).to(torch.float64)
-    with torch.autocast(a.device.type, enabled=False):
+    with exact_arithmetic(a.device.type):
         return _float_distance(a, b, distance)
 
 

@@ -25,7 +25,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from lightning_invariance.functional.distances import DISTANCES, largest_magnitude, power_of_two_scale, unit_rows
+from lightning_invariance.functional.distances import (
+    DISTANCES,
+    exact_arithmetic,
+    largest_magnitude,
+    power_of_two_scale,
+    unit_rows,
+)
 
 __all__ = ["DEFAULT_NORMALIZER_WINDOW", "Segment", "extend_segment", "join_segments", "window_pair_sums"]
 
@@ -126,7 +132,7 @@ def extend_segment(segment: Segment | None, rows: Tensor, distance: str, window:
     keep = window - 1
     if segment is None:
         segment = Segment(rows[:0], rows[:0], 0)
-    with torch.autocast(rows.device.type, enabled=False):
+    with exact_arithmetic(rows.device.type):
         old = segment.prepared_tail or PreparedRows.of(segment.tail, distance)
         new = PreparedRows.of(rows, distance)
         total, count = _banded_sums(old, new, window, cross_only=False)
@@ -140,7 +146,7 @@ def extend_segment(segment: Segment | None, rows: Tensor, distance: str, window:
 def join_segments(left: Segment, right: Segment, distance: str, window: int) -> tuple[Segment, Tensor, int]:
     """Join two consecutive segments: the joined one, and the sum and count of the pairs across the cut."""
     keep = window - 1
-    with torch.autocast(right.head.device.type, enabled=False):
+    with exact_arithmetic(right.head.device.type):
         old, new = PreparedRows.of(left.tail, distance), PreparedRows.of(right.head, distance)
         total, count = _banded_sums(old, new, window, cross_only=True)
     head = left.head if left.size >= keep else _cat(left.head, right.head[: keep - left.size])

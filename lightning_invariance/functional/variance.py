@@ -22,6 +22,8 @@ import math
 import torch
 from torch import Tensor
 
+from lightning_invariance.functional.distances import exact_arithmetic
+
 __all__ = ["DEFINITIONS", "chan_merge", "normalized_variance", "unit_activations"]
 
 #: The definitions of the variance measures (see the module docstring).
@@ -91,7 +93,7 @@ def _variance_update(orbit_features: Tensor, definition: str) -> tuple[Tensor, i
     The orbit spread is each sample's variance over the group (``"channel_variance"``) or standard deviation with
     ``|G| - 1`` in the denominator (``"tmeasures"``); a sample's orbit is complete in its batch.
     """
-    with torch.autocast(orbit_features.device.type, enabled=False):
+    with exact_arithmetic(orbit_features.device.type):
         units = unit_activations(orbit_features, definition)
         num_elements = units.shape[0]
         squares = (units - units.mean(dim=0)).square().sum(dim=0)  # (N, U); Tensor.var/std over dim 0 is 16x slower

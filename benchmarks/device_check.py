@@ -1,0 +1,79 @@
+"""On an accelerator: the same numbers as on the CPU, and no host sync while measuring.
+
+For a small CNN and a ResNet-18-layout CNN, four layers each, the normalised G-EED under D4 is measured on the CPU
+and on ``--device``; the table shows both and their relative difference (float32 rounding of the distances and Gram
+products, about 1e-7, is what the README allows). On CUDA the measurement runs under
+``torch.cuda.set_sync_debug_mode("warn")``, and the script counts the warnings: each is a point where the host
+waited for the device while the probe and the metrics were updating (``compute`` is outside, it must read back).
+Run it on a GPU machine as one prepared command:
+
+    PYTHONPATH=. python benchmarks/device_check.py --device cuda
+
+``--quick`` runs tiny sizes (on the CPU both sides are the CPU: the test suite checks the script runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import warnings
+
+import torch
+
+from lightning_invariance import InvarianceDeviation, Probe
+from lightning_invariance.groups import Dihedral
+
+from _common import device_name, resnet18, small_cnn, table
+
+
+def measure(model: torch.nn.Module, inputs: torch.Tensor, layers: list[str], device: torch.device) -> tuple:
+    """The normalised G-EED per layer on ``device``, and the sync warnings raised while updating (CUDA only)."""
+    group = Dihedral(4)
+    model = model.to(device)
+    metrics = {layer: InvarianceDeviation(group, normalize=True).to(device) for layer in layers}
+    probe = Probe(model, group, layers=layers)
+    with warnings.catch_warnings(record=True) as caught, _sync_debug(device):
+        warnings.simplefilter("always")
+        probe.update(inputs.to(device), metrics)
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    return {layer: float(metric.compute()) for layer, metric in metrics.items()}, len(syncs)
+
+
+@contextlib.contextmanager
+def _sync_debug(device: torch.device):
+    if device.type != "cuda":
+        yield
+        return
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    scale = 16 if args.quick else 1
+    cases = [
+        ("small CNN", small_cnn, (1, 16, 16), 2048 // scale, ["1", "3", "6", "output"]),
+        ("ResNet-18 (w16)", resnet18, (3, 32, 32), 512 // scale, ["3", "5", "7", "output"]),
+    ]
+    rows = []
+    for name, build, shape, n, layers in cases:
+        torch.manual_seed(0)
+        model, inputs = build().eval(), torch.randn(n, *shape)
+        on_cpu, _ = measure(model, inputs, layers, torch.device("cpu"))
+        on_device, syncs = measure(model, inputs, layers, device)
+        for layer in layers:
+            difference = abs(on_device[layer] - on_cpu[layer]) / abs(on_cpu[layer])
+            rows.append([name, layer, f"{on_cpu[layer]:.8f}", f"{on_device[layer]:.8f}", f"{difference:.1e}", syncs])
+    print(f"Normalised G-EED under D4 on the CPU and on {device} ({device_name(device)}, torch {torch.__version__})")
+    print(table(["model", "layer", "CPU", str(device), "relative difference", "syncs while updating"], rows))
+
+
+if __name__ == "__main__":
+    main()
