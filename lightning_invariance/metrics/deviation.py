@@ -117,14 +117,16 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
         )
         self._update_normalizer(batch.identity_rows)
         # in-place updates: a plain `self.state += x` would go through nn.Module.__setattr__ on every batch
-        distances = batch.distances.to(self.element_sum.device)
+        device = self.element_sum.device
+        distances = batch.distances.to(device)
         self.element_sum.add_(distances.sum(dim=1))
         self.num_samples.add_(distances.shape[1])
         per_sample = distances.mean(dim=0)  # each sample's mean distance over the group
         self.sample_sq_sum.add_(per_sample.square().sum())
         if distances.numel():
             torch.maximum(self.max_deviation, distances.max(), out=self.max_deviation)
-        self.num_non_finite.add_(batch.num_non_finite)
+        non_finite = batch.num_non_finite  # a count on the features' device, or an int
+        self.num_non_finite.add_(non_finite.to(device) if isinstance(non_finite, Tensor) else non_finite)
         if self.num_classes is not None:
             kept_labels = labels if batch.kept is None else labels[batch.kept.to(labels.device)]
             kept_labels = kept_labels.to(self.class_sum.device, torch.long)
