@@ -2,7 +2,8 @@
 
 For a small CNN and a ResNet-18-layout CNN, four layers each, the normalised G-EED under D4 is measured on the CPU
 and on ``--device``; the table shows both and their relative difference (float32 rounding of the distances and Gram
-products, about 1e-7, is what the README allows). On CUDA the measurement runs under
+products, about 1e-7, is what the README allows), and the difference when the model runs on the device but the
+metrics are kept on the CPU (each chunk's results moved to them). On CUDA the measurement runs under
 ``torch.cuda.set_sync_debug_mode("warn")``, and the script counts the warnings: each is a point where the host
 waited for the device while the probe and the metrics were updating (``compute`` is outside, it must read back).
 Run it on a GPU machine as one prepared command:
@@ -26,11 +27,20 @@ from lightning_invariance.groups import Dihedral
 from _common import device_name, resnet18, small_cnn, table
 
 
-def measure(model: torch.nn.Module, inputs: torch.Tensor, layers: list[str], device: torch.device) -> tuple:
-    """The normalised G-EED per layer on ``device``, and the sync warnings raised while updating (CUDA only)."""
+def measure(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    layers: list[str],
+    device: torch.device,
+    metric_device: torch.device | None = None,
+) -> tuple:
+    """The normalised G-EED per layer, and the sync warnings raised while updating (CUDA only).
+
+    The model runs on ``device``, the metrics live on ``metric_device`` (``device`` if not given).
+    """
     group = Dihedral(4)
     model = model.to(device)
-    metrics = {layer: InvarianceDeviation(group, normalize=True).to(device) for layer in layers}
+    metrics = {layer: InvarianceDeviation(group, normalize=True).to(metric_device or device) for layer in layers}
     probe = Probe(model, group, layers=layers)
     with warnings.catch_warnings(record=True) as caught, _sync_debug(device):
         warnings.simplefilter("always")
@@ -68,11 +78,15 @@ def main() -> None:
         model, inputs = build().eval(), torch.randn(n, *shape)
         on_cpu, _ = measure(model, inputs, layers, torch.device("cpu"))
         on_device, syncs = measure(model, inputs, layers, device)
+        metrics_on_cpu, _ = measure(model, inputs, layers, device, torch.device("cpu"))  # features moved to them
         for layer in layers:
             difference = abs(on_device[layer] - on_cpu[layer]) / abs(on_cpu[layer])
-            rows.append([name, layer, f"{on_cpu[layer]:.8f}", f"{on_device[layer]:.8f}", f"{difference:.1e}", syncs])
+            moved = abs(metrics_on_cpu[layer] - on_device[layer]) / abs(on_device[layer])
+            values = [f"{on_cpu[layer]:.8f}", f"{on_device[layer]:.8f}", f"{difference:.1e}", f"{moved:.1e}", syncs]
+            rows.append([name, layer, *values])
     print(f"Normalised G-EED under D4 on the CPU and on {device} ({device_name(device)}, torch {torch.__version__})")
-    print(table(["model", "layer", "CPU", str(device), "relative difference", "syncs while updating"], rows))
+    headers = ["model", "layer", "CPU", str(device), "relative difference", "metrics on CPU: difference"]
+    print(table([*headers, "syncs while updating"], rows))
 
 
 if __name__ == "__main__":
