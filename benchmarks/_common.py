@@ -92,6 +92,17 @@ def synchronize(device: torch.device | None) -> None:
         torch.cuda.synchronize(device)
 
 
+def orbit_forwards(model: nn.Module, inputs: Tensor, group: Any, chunk: int) -> None:
+    """Each chunk's orbit built and run forward under ``torch.no_grad()``, nothing kept.
+
+    The least any measurement must do: ``chunk`` inputs per pass (transformed copies included), as the probe chunks.
+    """
+    per_chunk = max(1, chunk // len(group))
+    with torch.no_grad():
+        for start in range(0, len(inputs), per_chunk):
+            model(group.orbit(inputs[start : start + per_chunk]).flatten(0, 1))
+
+
 def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: torch.device | None = None) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs (the device's queue drained)."""
     for _ in range(warmup):

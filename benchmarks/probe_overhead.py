@@ -33,6 +33,7 @@ from _common import (
     device_name,
     forward_context,
     interleaved_seconds,
+    orbit_forwards,
     resnet18,
     small_cnn,
     table,
@@ -70,12 +71,10 @@ def floor_run(model: torch.nn.Module, inputs: torch.Tensor, group, chunk: int, c
 
 def transform_floor_run(model: torch.nn.Module, inputs: torch.Tensor, group, chunk: int, context) -> Callable[[], None]:
     """Building each chunk's orbit, then the bare forward: the least any measurement must do."""
-    per_chunk = max(1, chunk // len(group))
 
     def run() -> None:
-        with torch.no_grad(), context():
-            for start in range(0, len(inputs), per_chunk):
-                model(group.orbit(inputs[start : start + per_chunk]).flatten(0, 1))
+        with context():
+            orbit_forwards(model, inputs, group, chunk)
 
     return run
 

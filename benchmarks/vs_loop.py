@@ -29,6 +29,7 @@ from _common import (
     cuda_peak_mib,
     device_name,
     interleaved_seconds,
+    orbit_forwards,
     peak_memory_mib,
     small_cnn,
     table,
@@ -73,11 +74,7 @@ def straightforward(
 
 def floor(model: torch.nn.Module, inputs: torch.Tensor, group, layers: list[str]) -> None:
     """Each chunk's orbit through the model at the probe's default chunk size, nothing kept."""
-    chunk = CPU_CHUNK_SIZE if inputs.device.type == "cpu" else ACCELERATOR_CHUNK_SIZE
-    per_chunk = max(1, chunk // len(group))
-    with torch.no_grad():
-        for start in range(0, len(inputs), per_chunk):
-            model(group.orbit(inputs[start : start + per_chunk]).flatten(0, 1))
+    orbit_forwards(model, inputs, group, CPU_CHUNK_SIZE if inputs.device.type == "cpu" else ACCELERATOR_CHUNK_SIZE)
 
 
 def with_probe(
