@@ -112,3 +112,19 @@ class ImageClassifier(_lightning().LightningModule):
             for i in range(self.num_val_loaders)
         ]
         return loaders if self.num_val_loaders > 1 else loaders[0]
+
+
+def quiet_trainer(tmp_path, callbacks, max_epochs: int = 1, logger=False, **kwargs):
+    """A one-device CPU ``Trainer`` rooted in ``tmp_path`` that prints nothing and saves no checkpoint unless told."""
+    kwargs.setdefault("enable_checkpointing", False)
+    kwargs.setdefault("devices", 1)
+    return _lightning().Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lightning_invariance import InvarianceDeviation, InvarianceMonitor, PredictionConsistency, Probe
 from lightning_invariance.groups import AugmentationFamily, CyclicRotation
 
-from models import ImageClassifier, synthetic_images
+from models import ImageClassifier, quiet_trainer, synthetic_images
 
 GROUP = CyclicRotation(4)
 
@@ -21,19 +21,7 @@ GROUP = CyclicRotation(4)
 def _trainer(tmp_path, callbacks, max_epochs=2, logger=True, **kwargs) -> pl.Trainer:
     if logger is True:
         logger = TensorBoardLogger(tmp_path, name="logs", version=0)
-    kwargs.setdefault("enable_checkpointing", False)
-    return pl.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=logger,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
+    return quiet_trainer(tmp_path, callbacks, max_epochs, logger, deterministic=True, **kwargs)
 
 
 def _scalars(log_dir) -> dict[str, list[tuple[int, float]]]:

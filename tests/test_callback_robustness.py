@@ -4,7 +4,6 @@ import math
 import pickle
 import warnings
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -15,23 +14,9 @@ from lightning_invariance import InvarianceMonitor, PredictionConsistency
 from lightning_invariance.groups import AugmentationFamily, CyclicRotation, SpatialAction
 
 from models import ImageClassifier, synthetic_images
+from models import quiet_trainer as _trainer
 
 GROUP = CyclicRotation(4)
-
-
-def _trainer(tmp_path, callbacks, max_epochs=1, **kwargs) -> pl.Trainer:
-    kwargs.setdefault("enable_checkpointing", False)
-    kwargs.setdefault("logger", False)
-    return pl.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=kwargs.pop("devices", 1),
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
 
 
 # ------------------------------------------------------------------ 1. ddp_spawn

@@ -16,7 +16,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from lightning_invariance import InvarianceMonitor
 from lightning_invariance.groups import CyclicRotation, SpatialAction
 
-from models import ImageClassifier
+from models import ImageClassifier, quiet_trainer
 
 GROUP = CyclicRotation(4)
 
@@ -24,16 +24,7 @@ GROUP = CyclicRotation(4)
 def _fit(tmp_path, monitor, logger=True, max_epochs=2, **model_kwargs) -> pl.Trainer:
     if logger is True:
         logger = TensorBoardLogger(tmp_path, name="logs", version=0)
-    trainer = pl.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        logger=logger,
-        callbacks=[monitor],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, [monitor], max_epochs, logger)
     torch.manual_seed(0)
     trainer.fit(ImageClassifier(**model_kwargs))
     return trainer

@@ -137,6 +137,8 @@ def test_callback_measures_graph_batches(tmp_path):
 
     from lightning_invariance import InvarianceMonitor
 
+    from models import quiet_trainer
+
     class GraphClassifier(pl.LightningModule):
         def __init__(self, positional: bool) -> None:
             super().__init__()
@@ -163,16 +165,7 @@ def test_callback_measures_graph_batches(tmp_path):
     values = {}
     for positional in (False, True):
         monitor = InvarianceMonitor(GROUP, max_samples=12, measure_before_training=True, print_summary=False)
-        trainer = pl.Trainer(
-            max_epochs=1,
-            accelerator="cpu",
-            logger=False,
-            callbacks=[monitor],
-            enable_progress_bar=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-        )
+        trainer = quiet_trainer(tmp_path, [monitor])
         torch.manual_seed(0)
         trainer.fit(GraphClassifier(positional))
         values[positional] = [record["values"]["invariance/output/geed_normalized"] for record in monitor.history]

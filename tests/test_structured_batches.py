@@ -14,6 +14,8 @@ from lightning_invariance.batches import concat_batches, orbit_batch, slice_batc
 from lightning_invariance.groups import FieldGroup, Permutation, Rotation3D, SpatialAction, Translation3D
 from lightning_invariance.testing import assert_equivariant, assert_invariant
 
+from models import quiet_trainer
+
 NODES = Permutation(dim=1, num_elements=6, seed=0)
 
 
@@ -197,16 +199,7 @@ def test_callback_measures_dict_batches(tmp_path, max_samples):
             measure_before_training=True,
             print_summary=False,
         )
-        trainer = pl.Trainer(
-            max_epochs=1,
-            accelerator="cpu",
-            logger=False,
-            callbacks=[monitor],
-            enable_progress_bar=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-        )
+        trainer = quiet_trainer(tmp_path, [monitor])
         torch.manual_seed(0)
         trainer.fit(GraphClassifier(invariant))
         values[invariant] = monitor.history[-1]["values"]["invariance/output/geed_normalized"]
