@@ -19,7 +19,12 @@ from lightning_invariance import InvarianceDeviation, Probe, _sync
 from lightning_invariance import probe as probe_module
 from lightning_invariance.functional.distances import per_sample_distance
 from lightning_invariance.groups import CyclicRotation, SpatialAction
-from lightning_invariance.metrics import EquivarianceDeviation, PredictionConsistency
+from lightning_invariance.metrics import (
+    EquivarianceDeviation,
+    LinearMapFit,
+    NormalizedVariance,
+    PredictionConsistency,
+)
 
 SYNCING = {"__bool__", "__float__", "__int__", "__index__", "item", "tolist", "nonzero", "masked_select"}
 
@@ -59,6 +64,8 @@ def _metrics(kind: str, group) -> dict[str, Metric]:
         return {"0": EquivarianceDeviation(SpatialAction(group), normalize=True)}
     if kind == "consistency":
         return {"output": PredictionConsistency(group)}
+    if kind == "variance":
+        return {"1": NormalizedVariance(), "output": NormalizedVariance("channel_variance")}
     layers = ["output"] if kind in ("kl", "discrete") else ["1", "output"]  # class scores for kl and discrete
     return {layer: InvarianceDeviation(group, distance=kind, normalize=True) for layer in layers}
 
@@ -84,7 +91,7 @@ def accelerator_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(probe_module, "GATHER_VALUES", 1)
 
 
-@pytest.mark.parametrize("kind", ["euclidean", "cosine", "kl", "discrete", "equivariance", "consistency"])
+@pytest.mark.parametrize("kind", ["euclidean", "cosine", "kl", "discrete", "equivariance", "consistency", "variance"])
 def test_measuring_does_not_synchronise_per_chunk(accelerator_path, kind) -> None:
     few, many = _syncs_while_measuring(2, kind), _syncs_while_measuring(12, kind)
     assert len(many) == len(few), f"{len(few)} syncs for 2 chunks, {len(many)} for 12: {many}"
@@ -105,18 +112,33 @@ def test_the_accelerator_path_gives_the_cpu_path_values(monkeypatch: pytest.Monk
     torch.testing.assert_close(on_host, reference, rtol=1e-6, atol=0.0)
 
 
-def test_the_callbacks_layer_scores_do_not_synchronise_per_chunk(accelerator_path) -> None:
-    """At the callback's defaults (the G-EED, non_finite="nan") a chunk's features go to the metrics without a sync."""
+@pytest.mark.parametrize("non_finite", ["nan", "error"])
+@pytest.mark.parametrize(
+    "scores", [("geed", "geed_normalized"), ("geed", "consistency", "normalized_variance")], ids=["geed", "optional"]
+)
+def test_the_callbacks_layer_scores_do_not_synchronise_per_chunk(accelerator_path, scores, non_finite) -> None:
+    """The callback's metrics take a chunk's features without a sync: the G-EED, consistency and the variances."""
     from lightning_invariance.callbacks._scores import LayerScores, ScoreOptions
 
     def syncs(num_chunks: int) -> list[str]:
         group = CyclicRotation(4)
-        options = ScoreOptions(len(group), ("geed", "geed_normalized"), "euclidean", "centroid", None)
-        scores = {layer: LayerScores.create(layer, options, torch.device("cpu")) for layer in ("1", "output")}
-        probe = Probe(_model(), group, layers=list(scores), chunk_size=4 * 8)
+        options = ScoreOptions(len(group), scores, "euclidean", "centroid", None, non_finite=non_finite)
+        layer_scores = {layer: LayerScores.create(layer, options, torch.device("cpu")) for layer in ("1", "output")}
+        probe = Probe(_model(), group, layers=list(layer_scores), chunk_size=4 * 8)
         inputs = torch.randn(8 * num_chunks, 1, 8, 8, generator=torch.Generator().manual_seed(1))
         with SyncCounter() as counter:
-            probe.run(inputs, lambda name, features: scores[name].update(features))
+            probe.run(inputs, lambda name, features: layer_scores[name].update(features))
         return counter.calls
 
     assert syncs(12) == syncs(2) == []
+
+
+def test_fitting_linear_maps_reads_only_the_nan_check_per_update(accelerator_path) -> None:
+    """The fit sums stay decoded between updates (decoding a record reads its header back from the device)."""
+    fit = LinearMapFit(4)
+    orbit = CyclicRotation(4).orbit(torch.randn(6, 2, 4, 4, generator=torch.Generator().manual_seed(2)))
+    fit.update(orbit)
+    with SyncCounter() as counter:
+        for _ in range(5):
+            fit.update(orbit)
+    assert counter.calls == ["__bool__"] * 5  # one finite check per update: a map cannot be fitted to NaN

@@ -118,11 +118,28 @@ def test_transformation_as_large_as_input_change_gives_about_one():
 
 def test_variance_metric_rejects_a_change_of_shape():
     metric = NormalizedVariance()
-    metric.update(torch.randn(3, 4, 5))
+    first = torch.randn(3, 4, 5)
+    metric.update(first)
     with pytest.raises(ValueError, match="5 units as in earlier updates"):
         metric.update(torch.randn(3, 4, 6))
+    summary = metric.compute_summary()  # the refused batch left nothing behind
+    assert int(summary["num_samples"]) == 4
+    torch.testing.assert_close(summary["normalized_variance"], normalized_variance(first)["normalized_variance"])
     metric.reset()
     metric.update(torch.randn(3, 4, 6))  # a reset forgets the shape
+
+
+def test_linear_map_fit_rejects_a_change_of_width():
+    group = Permutation(dim=1, num_elements=3)
+    fit, alone = LinearMapFit(group), LinearMapFit(group)
+    first = group.orbit(torch.randn(30, 5, generator=torch.Generator().manual_seed(0)))
+    fit.update(first)
+    alone.update(first)
+    with pytest.raises(ValueError, match="5 pooled values per sample as in earlier updates, but got 7"):
+        fit.update(group.orbit(torch.randn(30, 7)))
+    torch.testing.assert_close(fit.compute(), alone.compute(), rtol=0.0, atol=0.0)
+    fit.reset()
+    fit.update(group.orbit(torch.randn(30, 7)))  # a reset forgets the width
 
 
 # ---------------------------------------------------------------- fitted linear equivariance (Lenc & Vedaldi)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from lightning_invariance import Probe
-from lightning_invariance.functional import invariance_deviation
+from lightning_invariance.functional import invariance_deviation, normalized_variance
 from lightning_invariance.groups import ContinuousRotation, CyclicRotation, SpatialAction
 from lightning_invariance.metrics import (
     EquivarianceDeviation,
@@ -255,12 +255,41 @@ def test_complex_features_are_compared_as_real_vectors() -> None:
     assert float(invariance_deviation(features, normalize=True)) == pytest.approx(float(raw) / pair_mean, rel=1e-9)
 
 
-@pytest.mark.parametrize("metric", [NormalizedVariance(), LinearMapFit(4)], ids=["variance", "linear_fit"])
-def test_nan_features_raise_instead_of_returning_nan(metric) -> None:
+def test_nan_features_raise_instead_of_returning_nan() -> None:
     features = torch.randn(4, 5, 3)
     features[1, 2, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        metric.update(features)
+        LinearMapFit(4).update(features)
+
+
+@pytest.mark.parametrize("definition", ["tmeasures", "channel_variance"])
+def test_normalized_variance_refuses_non_finite_features_at_compute(definition) -> None:
+    """Counted on the device while updating (no host sync), refused by compute(), NaN in the summary."""
+    features = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(0))
+    features[3, 4, 1] = float("inf")
+    features[0, 1, 0] = float("nan")
+    metric = NormalizedVariance(definition)
+    metric.update(features[:, :3])
+    metric.update(features[:, 3:])
+    with pytest.raises(ValueError, match="NaN or infinite values for 2 of 6 samples"):
+        metric.compute()
+    summary = metric.compute_summary()
+    assert int(summary["num_non_finite"]) == 2 and int(summary["num_skipped"]) == 0
+    assert int(summary["num_samples"]) == 6 and int(summary["num_units"]) == 3
+    for key in ("normalized_variance", "transformation_variance", "sample_variance", "per_unit_normalized_variance"):
+        assert bool(torch.isnan(summary[key]).all()), key
+    skipping = NormalizedVariance(definition, nan_strategy="skip")
+    for part in (features[:, 3:], features[:, :3], features[:, 3:]):
+        with pytest.warns(UserWarning, match="Skipping 1 of 3"):
+            skipping.update(part)
+    skipped = skipping.compute_summary()
+    assert int(skipped["num_skipped"]) == int(skipped["num_non_finite"]) == 3 and int(skipped["num_samples"]) == 6
+    finite = features[:, [3, 5, 0, 2, 3, 5]]
+    expected = normalized_variance(finite.double(), definition)["normalized_variance"]
+    torch.testing.assert_close(skipped["normalized_variance"], expected, rtol=1e-9, atol=0.0)
+    metric.reset()
+    metric.update(features[:, 2:4])  # finite again after a reset
+    assert torch.isfinite(metric.compute())
 
 
 def test_prediction_consistency_accepts_the_nan_strategy_its_error_suggests() -> None:

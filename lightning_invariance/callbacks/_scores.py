@@ -127,21 +127,26 @@ class LayerScores:
     def update(self, features: Tensor, labels: Tensor | None = None) -> None:
         """Add one chunk of orbit features (and its samples' labels when per-class scores are kept).
 
-        Samples whose features hold NaN/inf are counted by the deviation metric on the device (skipped under
-        ``non_finite="skip"``), and left out of the other metrics; :meth:`compute` then reports the layer as NaN,
-        raises, or measures the rest, by policy. With the G-EED alone this reads nothing back from the device; the
-        other metrics cost one host sync per chunk (which samples are finite).
+        Samples whose features hold NaN/inf are counted on the device by every metric that counts them, and
+        :meth:`compute` then reports the layer as NaN or raises, by policy; under ``non_finite="skip"`` they are left
+        out. Without ``"skip"`` and the fitted maps, this reads nothing back from the device; ``"skip"`` and the
+        fitted maps (which need finite samples to fit) cost one host sync per chunk (which samples are finite).
         """
         with warnings.catch_warnings():  # the callback warns once per layer instead of once per chunk
             warnings.simplefilter("ignore")
             self.deviation.update(features, labels)
-        others = [m for m in (self.consistency, self.variance, self.linear or self.linear_fit) if m is not None]
-        if not others:
+        counting = [m for m in (self.consistency, self.variance) if m is not None]
+        needs_finite = [self.linear or self.linear_fit] if self.linear_fit is not None else []
+        if self.non_finite_policy == "skip":
+            counting, needs_finite = [], counting + needs_finite
+        for metric in counting:  # NaN/inf counted on the device; compute() reports it by policy
+            metric.update(features)
+        if not needs_finite:
             return
         keep = finite_samples(features)
         if not bool(keep.all()):
             features = features[:, keep]
-        for metric in others:
+        for metric in needs_finite:
             metric.update(features)
 
     def update_lie(self, features: Tensor, derivatives: Tensor) -> None:

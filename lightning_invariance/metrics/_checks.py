@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from lightning_invariance._checks import check_optional_positive, check_positive
 
-__all__ = ["check_labels", "check_optional_positive", "check_positive", "warn_nan"]
+__all__ = [
+    "check_labels",
+    "check_optional_positive",
+    "check_positive",
+    "nan_except",
+    "refuses_non_finite",
+    "warn_nan",
+]
 
 
 def check_labels(labels: Any, orbit_features: Tensor, num_classes: int) -> None:
@@ -34,3 +43,26 @@ def check_labels(labels: Any, orbit_features: Tensor, num_classes: int) -> None:
 def warn_nan(message: str) -> None:
     """Warn that a computed value is NaN for lack of data (a NaN is never returned silently)."""
     warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def refuses_non_finite(nan_strategy: str, num_non_finite: Tensor, num_samples: Tensor, raise_error: bool) -> bool:
+    """Whether samples counted with NaN/inf features leave no statistic a number (``nan_strategy="error"``).
+
+    The metrics count such samples on the device while updating (no host sync) and look once, here: ``compute()``
+    (``raise_error``) raises, ``compute_summary()`` gives NaN statistics with the counts.
+    """
+    refused = nan_strategy == "error" and float(num_non_finite) > 0
+    if refused and raise_error:
+        raise ValueError(
+            f"The orbit features held NaN or infinite values for {int(num_non_finite)} of {int(num_samples)} samples. "
+            "Fix the model or inputs, or pass nan_strategy='skip' to leave those samples out with a warning."
+        )
+    return refused
+
+
+def nan_except(summary: dict[str, Tensor], counts: Collection[str]) -> dict[str, Tensor]:
+    """``summary`` with every value NaN (float64) except the ``counts``."""
+    return {
+        key: value if key in counts else torch.full_like(value, float("nan"), dtype=torch.float64)
+        for key, value in summary.items()
+    }

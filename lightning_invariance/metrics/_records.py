@@ -19,11 +19,12 @@ record so the list stays short.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["fold_records", "make_record", "read_records"]
+__all__ = ["FoldedRecords", "fold_records", "make_record", "read_records"]
 
 
 def make_record(*tensors: Tensor) -> Tensor:
@@ -83,3 +84,48 @@ def fold_records(
     for record in records[1:]:
         folded = merge(folded, record)
     return folded
+
+
+class FoldedRecords:
+    """A record list state kept merged and decoded between updates: ``update`` adds to it without a host sync.
+
+    Declared on the metric class (``sums = FoldedRecords(merge)``) and registered with ``add_state(name, [],
+    dist_reduce_fx="cat")``. :meth:`add` merges a batch's tensors into the decoded value. Decoding a record reads its
+    header back from the device, so it happens only when there are records to read (after ``forward``,
+    ``merge_state``, a sync or loading a state). Reading the state, as TorchMetrics does for ``forward``, a sync,
+    ``state_dict``, ``to()`` and pickling, encodes the value as one record; setting it (``reset``, a sync, a merge)
+    replaces the value.
+    """
+
+    def __init__(self, merge: Callable[[tuple[Tensor, ...], tuple[Tensor, ...]], tuple[Tensor, ...]]) -> None:
+        self.merge = merge
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.live_key, self.records_key = f"_{name}_live", f"_{name}_records"
+
+    def __get__(self, metric: object, owner: type | None = None) -> Any:
+        if metric is None:
+            return self
+        live = metric.__dict__.get(self.live_key)
+        if live is not None:
+            metric.__dict__.update({self.records_key: [make_record(*live)], self.live_key: None})
+        return metric.__dict__.get(self.records_key, [])
+
+    def __set__(self, metric: object, records: list[Tensor] | Tensor) -> None:
+        metric.__dict__.update({self.records_key: records, self.live_key: None})
+
+    def add(self, metric: object, tensors: tuple[Tensor, ...], device: torch.device) -> None:
+        """Merge ``tensors`` (a later batch) into the value, kept on ``device`` (the metric's states' device).
+
+        ``merge`` may raise for a batch of another shape; the value is then left as it was.
+        """
+        tensors = tuple(tensor.to(device) for tensor in tensors)
+        earlier = self.folded(metric)
+        if earlier is not None:
+            tensors = self.merge(tuple(tensor.to(device) for tensor in earlier), tensors)
+        metric.__dict__.update({self.records_key: [], self.live_key: tensors})
+
+    def folded(self, metric: object) -> tuple[Tensor, ...] | None:
+        """The value merged from everything added and every record, in order; ``None`` when empty. Reads only."""
+        live = metric.__dict__.get(self.live_key)
+        return live if live is not None else fold_records(metric.__dict__.get(self.records_key, []), self.merge)

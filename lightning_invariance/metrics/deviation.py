@@ -18,7 +18,14 @@ from lightning_invariance.functional.distances import DISTANCES, REFERENCES, che
 from lightning_invariance.groups.actions import RepresentationAction
 from lightning_invariance.groups.base import Group
 from lightning_invariance.metrics._base import SummaryMetric
-from lightning_invariance.metrics._checks import check_labels, check_optional_positive, check_positive, warn_nan
+from lightning_invariance.metrics._checks import (
+    check_labels,
+    check_optional_positive,
+    check_positive,
+    nan_except,
+    refuses_non_finite,
+    warn_nan,
+)
 from lightning_invariance.metrics._normalizer import WindowNormalizer
 from lightning_invariance.metrics._records import make_record, read_records
 
@@ -143,12 +150,7 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
         n = self.num_samples
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=n.device)
         empty = float(n) == 0
-        refused = self.nan_strategy == "error" and float(self.num_non_finite) > 0
-        if refused and warn:
-            raise ValueError(
-                f"The orbit features held NaN or infinite values for {int(self.num_non_finite)} of {int(n)} samples. "
-                "Fix the model or inputs, or pass nan_strategy='skip' to leave those samples out with a warning."
-            )
+        refused = refuses_non_finite(self.nan_strategy, self.num_non_finite, n, raise_error=warn)
         pair_mean = self._normalizer_mean()
         if warn and empty:
             warn_nan(f"{type(self).__name__} has seen no sample (or skipped every one): its value is NaN.")
@@ -182,13 +184,9 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
             "num_samples": n.clone(),
         }
         if refused:  # every statistic would mix in NaN/inf: none is a number (the counts stay)
-            summary = {key: _nan_unless_count(key, value) for key, value in summary.items()}
+            summary = nan_except(summary, ("num_samples", "class_count"))
         skipped = self.num_non_finite if self.nan_strategy == "skip" else torch.zeros_like(self.num_non_finite)
         return summary | {"num_skipped": skipped.clone(), "num_non_finite": self.num_non_finite.clone()}
-
-
-def _nan_unless_count(key: str, value: Tensor) -> Tensor:
-    return value if key in ("num_samples", "class_count") else torch.full_like(value, float("nan"), dtype=torch.float64)
 
 
 def _elements_of(action: RepresentationAction, num_elements: int | Group | None) -> int:

@@ -19,7 +19,7 @@ from lightning_invariance.groups.base import Group
 from lightning_invariance.metrics._base import SummaryMetric
 from lightning_invariance.metrics._checks import check_positive, warn_nan
 from lightning_invariance.metrics._normalizer import WindowNormalizer
-from lightning_invariance.metrics._records import fold_records, make_record
+from lightning_invariance.metrics._records import FoldedRecords
 
 __all__ = ["LinearEquivariance", "LinearMapFit"]
 
@@ -29,6 +29,16 @@ def _check_pooling(pool_size: int, max_features: int, seed: int) -> None:
     check_positive("max_features", max_features)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"Expected argument `seed` to be an int, but got {seed!r}.")
+
+
+def _add_sums(earlier: tuple[Tensor, ...], later: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    """``X^T X`` and ``X^T Y`` of two parts of the data, summed; parts of another width raise."""
+    if later[0].shape != earlier[0].shape:
+        raise ValueError(
+            f"Expected {earlier[0].shape[0] - 1} pooled values per sample as in earlier updates, but got "
+            f"{later[0].shape[0] - 1}: one metric fits one layer's maps."
+        )
+    return earlier[0] + later[0], earlier[1] + later[1]
 
 
 class LinearMapFit(SummaryMetric):
@@ -70,7 +80,8 @@ class LinearMapFit(SummaryMetric):
     higher_is_better = None
     _compute_key = "maps"
 
-    sums: list[Tensor]
+    #: ``X^T X`` and ``X^T Y`` summed over the fitting samples, decoded between updates.
+    sums = FoldedRecords(_add_sums)
     fit_samples: Tensor
 
     def __init__(
@@ -98,17 +109,7 @@ class LinearMapFit(SummaryMetric):
         pooled = _pooled(orbit_features, self.num_elements, self.pool_size, self.max_features, self.seed)
         if pooled.shape[1] == 0:
             return
-        xtx, xty = _linear_fit_update(pooled)
-        previous = self._sums()
-        if previous is not None:
-            if previous[0].shape != xtx.shape:
-                raise ValueError(
-                    f"Expected {previous[0].shape[0] - 1} pooled values per sample as in earlier updates, but got "
-                    f"{xtx.shape[0] - 1} (from orbit features of shape {tuple(orbit_features.shape)})."
-                )
-            xtx, xty = xtx + previous[0].to(xtx.device), xty + previous[1].to(xty.device)
-        device = self.fit_samples.device
-        self.sums = [make_record(xtx.to(device), xty.to(device))]
+        type(self).sums.add(self, _linear_fit_update(pooled), self.fit_samples.device)
         self.fit_samples.add_(pooled.shape[1])
 
     def held_out_metric(self, **kwargs: Any) -> LinearEquivariance:
@@ -117,12 +118,8 @@ class LinearMapFit(SummaryMetric):
             self.compute(), pool_size=self.pool_size, max_features=self.max_features, seed=self.seed, **kwargs
         ).to(self.fit_samples.device)
 
-    def _sums(self) -> tuple[Tensor, ...] | None:
-        """``X^T X`` and ``X^T Y`` summed over the records."""
-        return fold_records(self.sums, lambda a, b: (a[0] + b[0], a[1] + b[1]))
-
     def _summary(self, warn: bool) -> dict[str, Tensor]:
-        sums = self._sums()
+        sums = type(self).sums.folded(self)
         if sums is None:
             raise ValueError(
                 "Cannot fit the linear maps: no fitting samples were seen. Update the metric before compute()."

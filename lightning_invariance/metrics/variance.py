@@ -7,13 +7,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_invariance.functional.deviation import drop_non_finite
+from lightning_invariance.functional.deviation import drop_non_finite, finite_samples
 from lightning_invariance.functional.variance import DEFINITIONS, _variance_compute, _variance_update, chan_merge
 from lightning_invariance.metrics._base import SummaryMetric
-from lightning_invariance.metrics._checks import warn_nan
-from lightning_invariance.metrics._records import fold_records, make_record
+from lightning_invariance.metrics._checks import nan_except, refuses_non_finite, warn_nan
+from lightning_invariance.metrics._records import FoldedRecords
 
 __all__ = ["NormalizedVariance"]
+
+
+def _merge_statistics(earlier: tuple[Tensor, ...], later: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    """Summed orbit spreads and Chan-merged column statistics of two consecutive parts of the data."""
+    if later[1].shape != earlier[1].shape:
+        raise ValueError(
+            f"Expected orbit features with {earlier[1].shape[1]} group elements and {earlier[1].shape[2]} units as in "
+            f"earlier updates, but got {later[1].shape[1]} elements and {later[1].shape[2]} units: one metric measures "
+            "one layer (another layer's states cannot be merged either)."
+        )
+    return earlier[0] + later[0], chan_merge(earlier[1], later[1])
 
 
 class NormalizedVariance(SummaryMetric):
@@ -31,6 +42,7 @@ class NormalizedVariance(SummaryMetric):
     ``(count, mean, M2)`` and merged with Chan's parallel formula across ``update`` calls, ``forward``,
     ``merge_state`` and processes, so the result equals the two-pass one. The number of units is set by the first
     batch; the statistics are kept as records (``metrics/_records.py``), so a process that saw nothing is fine.
+    ``update`` reads nothing back from the device (NaN/inf features are counted there, see ``nan_strategy``).
 
     As input to ``update``:
         - ``orbit_features`` (:class:`~torch.Tensor`): ``(|G|, N)``, ``(|G|, N, D)`` or ``(|G|, N, C, ...)``.
@@ -38,12 +50,15 @@ class NormalizedVariance(SummaryMetric):
     As output of ``compute``:
         - the normalised variance (float64 scalar); NaN with a warning before any sample, or when fewer than two
           samples were seen. :meth:`compute_summary` returns ``normalized_variance``, ``transformation_variance``,
-          ``sample_variance``, ``dead_units``, ``num_units``, ``num_samples`` and the ``per_unit_*`` tensors (NaN,
-          counts 0, before any sample).
+          ``sample_variance``, ``dead_units``, ``num_units``, ``num_samples``, ``num_skipped``, ``num_non_finite``
+          and the ``per_unit_*`` tensors (NaN, counts 0, before any sample).
 
     Args:
         definition: ``"tmeasures"`` or ``"channel_variance"``.
-        nan_strategy: ``"error"`` on NaN/inf features (the default), or ``"skip"`` such samples with a warning.
+        nan_strategy: ``"error"`` (the default): :meth:`compute` raises when any sample's features held NaN/inf, and
+            :meth:`compute_summary` gives every statistic as NaN (the samples are counted on the device, so
+            ``update`` never waits for it); ``"skip"``: such samples are left out with a warning (one host sync per
+            ``update``).
         kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example:
@@ -58,9 +73,10 @@ class NormalizedVariance(SummaryMetric):
     plot_lower_bound = 0.0
     _compute_key = "normalized_variance"
 
-    statistics: list[Tensor]
+    #: Summed orbit spreads and the (element, unit) column statistics, decoded between updates.
+    statistics = FoldedRecords(_merge_statistics)
     num_samples: Tensor
-    num_skipped: Tensor
+    num_non_finite: Tensor
 
     def __init__(self, definition: str = "tmeasures", nan_strategy: str = "error", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -73,33 +89,32 @@ class NormalizedVariance(SummaryMetric):
         self.definition, self.nan_strategy = definition, nan_strategy
         self.add_state("statistics", [], dist_reduce_fx="cat")
         self.add_state("num_samples", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("num_skipped", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("num_non_finite", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, orbit_features: Tensor) -> None:
         """Add a batch of orbit features ``(|G|, N, ...)``."""
         if not isinstance(orbit_features, Tensor) or orbit_features.ndim < 2:
             shape = tuple(orbit_features.shape) if isinstance(orbit_features, Tensor) else type(orbit_features).__name__
             raise ValueError(f"Expected `orbit_features` of shape (|G|, N, ...), but got {shape}.")
-        orbit_features, skipped, _ = drop_non_finite(orbit_features, self.nan_strategy)
-        self.num_skipped.add_(skipped)
-        if orbit_features.shape[1] == 0:
-            return
-        spread_sum, num_samples, columns = _variance_update(orbit_features, self.definition)
-        folded = self._folded()
-        if folded is not None:
-            spread_sum, columns = _merge_statistics(
-                folded, (spread_sum.to(folded[0].device), columns.to(folded[1].device))
-            )
         device = self.num_samples.device
-        self.statistics = [make_record(spread_sum.to(device), columns.to(device))]
-        self.num_samples.add_(num_samples)
-
-    def _folded(self) -> tuple[Tensor, ...] | None:
-        """The records merged in order: the summed orbit spreads and the Chan-merged column statistics."""
-        return fold_records(self.statistics, _merge_statistics)
+        if self.nan_strategy == "skip":
+            orbit_features, non_finite, _ = drop_non_finite(orbit_features, "skip")
+        else:  # counted on the device, and refused by compute()
+            non_finite = (~finite_samples(orbit_features)).sum().to(device)
+        if orbit_features.shape[1]:
+            spread_sum, num_samples, columns = _variance_update(orbit_features, self.definition)
+            type(self).statistics.add(self, (spread_sum, columns), device)
+            self.num_samples.add_(num_samples)
+        self.num_non_finite.add_(non_finite)
 
     def _summary(self, warn: bool) -> dict[str, Tensor]:
-        folded = self._folded()
+        refused = refuses_non_finite(self.nan_strategy, self.num_non_finite, self.num_samples, raise_error=warn)
+        folded = type(self).statistics.folded(self)
+        counts = {
+            "num_samples": self.num_samples.clone(),
+            "num_skipped": self.num_non_finite.clone() if self.nan_strategy == "skip" else self.num_non_finite * 0,
+            "num_non_finite": self.num_non_finite.clone(),
+        }
         if folded is None or float(self.num_samples) < 2:
             if warn:
                 warn_nan(
@@ -109,25 +124,14 @@ class NormalizedVariance(SummaryMetric):
             nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.num_samples.device)
             zero = torch.zeros((), dtype=torch.float64, device=self.num_samples.device)
             units = zero if folded is None else zero + folded[1].shape[2]
-            return {
+            return counts | {
                 "normalized_variance": nan,
                 "transformation_variance": nan,
                 "sample_variance": nan,
                 "dead_units": zero,
                 "num_units": units,
-                "num_samples": self.num_samples.clone(),
             }
         summary = _variance_compute(folded[0], self.num_samples, folded[1], self.definition)
-        summary["num_samples"] = self.num_samples.clone()
-        return summary
-
-
-def _merge_statistics(earlier: tuple[Tensor, ...], later: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
-    """Summed orbit spreads and Chan-merged column statistics of two consecutive parts of the data."""
-    if later[1].shape != earlier[1].shape:
-        raise ValueError(
-            f"Expected orbit features with {earlier[1].shape[1]} group elements and {earlier[1].shape[2]} units as in "
-            f"earlier updates, but got {later[1].shape[1]} elements and {later[1].shape[2]} units: one metric measures "
-            "one layer (another layer's states cannot be merged either)."
-        )
-    return earlier[0] + later[0], chan_merge(earlier[1], later[1])
+        if refused:  # every statistic would mix in NaN/inf: none is a number (the counts stay)
+            summary = nan_except(summary, ("num_units",))
+        return summary | counts
