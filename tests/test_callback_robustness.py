@@ -95,9 +95,14 @@ class DivergesAfterEpoch0(ImageClassifier):
 
 @pytest.mark.parametrize("non_finite", ["nan", "skip", "error"])
 def test_a_diverging_layer_does_not_kill_the_run(tmp_path, non_finite):
-    scores = ("geed", "consistency", "normalized_variance")  # the variance and consistency count NaN on the device
+    scores = ("geed", "consistency", "normalized_variance", "lie_derivative")  # each counts NaN/inf on the device
     monitor = InvarianceMonitor(
-        GROUP, layers=["net.features.2", "output"], non_finite=non_finite, max_samples=32, scores=scores
+        GROUP,
+        layers=["net.features.2", "output"],
+        non_finite=non_finite,
+        max_samples=32,
+        scores=scores,
+        lie_generator="rotation",
     )
     trainer = _trainer(tmp_path, [monitor], max_epochs=2, num_sanity_val_steps=0)
     if non_finite == "error":
@@ -108,9 +113,9 @@ def test_a_diverging_layer_does_not_kill_the_run(tmp_path, non_finite):
         trainer.fit(DivergesAfterEpoch0())
     assert sum("produced NaN" in str(w.message) for w in caught) == 1
     last = monitor.history[-1]["values"]
-    healthy = ("geed", "normalized_variance")  # the healthy layer is still measured
+    healthy = ("geed", "normalized_variance", "lie_derivative")  # the healthy layer is still measured
     assert all(math.isfinite(last[f"invariance/net.features.2/{score}"]) for score in healthy)
-    diverged = ("geed", "consistency", "normalized_variance")  # "skip" has no finite input left on this layer either
+    diverged = ("geed", "consistency", "normalized_variance", "lie_derivative")  # "skip" has no finite input left
     first = monitor.history[0]["values"]
     assert all(math.isfinite(first[f"invariance/output/{score}"]) for score in diverged)  # before diverging
     assert all(math.isnan(last[f"invariance/output/{score}"]) for score in diverged)

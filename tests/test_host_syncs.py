@@ -21,6 +21,7 @@ from lightning_invariance.functional.distances import per_sample_distance
 from lightning_invariance.groups import CyclicRotation, SpatialAction
 from lightning_invariance.metrics import (
     EquivarianceDeviation,
+    LieDerivative,
     LinearMapFit,
     NormalizedVariance,
     PredictionConsistency,
@@ -142,3 +143,14 @@ def test_fitting_linear_maps_reads_only_the_nan_check_per_update(accelerator_pat
         for _ in range(5):
             fit.update(orbit)
     assert counter.calls == ["__bool__"] * 5  # one finite check per update: a map cannot be fitted to NaN
+
+
+def test_the_lie_derivative_updates_without_a_sync(accelerator_path) -> None:
+    features = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    features[0] = 0.0  # a zero representation is counted, not indexed away
+    metric = LieDerivative(normalize=True)
+    with SyncCounter() as counter:
+        for _ in range(5):
+            metric.update(features, torch.randn_like(features))
+    assert counter.calls == []
+    assert int(metric.compute_summary()["num_zero"]) == 5

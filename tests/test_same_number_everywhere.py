@@ -21,6 +21,7 @@ from lightning_invariance.groups import ContinuousRotation, CyclicRotation, Spat
 from lightning_invariance.metrics import (
     EquivarianceDeviation,
     InvarianceDeviation,
+    LieDerivative,
     LinearMapFit,
     NormalizedVariance,
     PredictionConsistency,
@@ -290,6 +291,30 @@ def test_normalized_variance_refuses_non_finite_features_at_compute(definition) 
     metric.reset()
     metric.update(features[:, 2:4])  # finite again after a reset
     assert torch.isfinite(metric.compute())
+
+
+def test_the_lie_derivative_refuses_non_finite_values_at_compute() -> None:
+    """Counted on the device while updating, refused by compute(), NaN in the summary; "skip" leaves them out."""
+    generator = torch.Generator().manual_seed(4)
+    features, derivatives = torch.randn(6, 5, generator=generator), torch.randn(6, 5, generator=generator)
+    derivatives[2, 1] = float("nan")
+    features[4, 0] = float("inf")
+    refusing = LieDerivative(normalize=True)
+    refusing.update(features, derivatives)
+    with pytest.raises(ValueError, match="NaN or infinite values for 2 of 6 samples"):
+        refusing.compute()
+    summary = refusing.compute_summary()
+    assert int(summary["num_non_finite"]) == 2 and int(summary["num_samples"]) == 6
+    assert all(math.isnan(float(summary[key])) for key in ("lie_derivative", "lie_derivative_raw", "max"))
+    skipping, finite = LieDerivative(normalize=True, nan_strategy="skip"), LieDerivative(normalize=True)
+    with pytest.warns(UserWarning, match="Skipping 2 of 6"):
+        skipping.update(features, derivatives)
+    kept = [0, 1, 3, 5]
+    finite.update(features[kept], derivatives[kept])
+    assert int(skipping.compute_summary()["num_skipped"]) == 2
+    torch.testing.assert_close(skipping.compute(), finite.compute(), rtol=0.0, atol=0.0)
+    relative = [float(derivatives[i].double().norm() / features[i].double().norm()) for i in kept]
+    assert float(finite.compute()) == pytest.approx(sum(relative) / len(relative), rel=1e-6)
 
 
 def test_prediction_consistency_accepts_the_nan_strategy_its_error_suggests() -> None:

@@ -81,12 +81,12 @@ class LayerScores:
     @classmethod
     def create(cls, layer: str, options: ScoreOptions, device: torch.device) -> LayerScores:
         """Fresh metrics for one layer, on ``device``."""
-        # the deviation metric counts samples with NaN/inf features on the device ("error": no host sync) or skips
-        # them ("skip"); the other metrics get the finite ones
+        # the metrics count samples with NaN/inf features on the device ("error": no host sync) or skip them
+        nan_strategy = "skip" if options.non_finite == "skip" else "error"
         extras = {
             "num_classes": options.num_classes,
             "keep_sample_deviations": options.keep_sample_deviations,
-            "nan_strategy": "skip" if options.non_finite == "skip" else "error",
+            "nan_strategy": nan_strategy,
         }
         if options.action is None:
             deviation = InvarianceDeviation(
@@ -109,10 +109,10 @@ class LayerScores:
         }
         built = cls(
             deviation.to(device),
-            PredictionConsistency(options.num_elements) if wants["consistency"] else None,
-            NormalizedVariance() if wants["variance"] else None,
+            PredictionConsistency(options.num_elements, nan_strategy=nan_strategy) if wants["consistency"] else None,
+            NormalizedVariance(nan_strategy=nan_strategy) if wants["variance"] else None,
             LinearMapFit(options.num_elements) if wants["linear"] else None,
-            LieDerivative(normalize=True) if wants["lie"] else None,
+            LieDerivative(normalize=True, nan_strategy=nan_strategy) if wants["lie"] else None,
             non_finite_policy=options.non_finite,
             layer=layer,
         )
@@ -127,36 +127,29 @@ class LayerScores:
     def update(self, features: Tensor, labels: Tensor | None = None) -> None:
         """Add one chunk of orbit features (and its samples' labels when per-class scores are kept).
 
-        Samples whose features hold NaN/inf are counted on the device by every metric that counts them, and
-        :meth:`compute` then reports the layer as NaN or raises, by policy; under ``non_finite="skip"`` they are left
-        out. Without ``"skip"`` and the fitted maps, this reads nothing back from the device; ``"skip"`` and the
-        fitted maps (which need finite samples to fit) cost one host sync per chunk (which samples are finite).
+        Every metric but the fitted maps counts the samples whose features hold NaN/inf on the device (or leaves them
+        out, under ``non_finite="skip"``), and :meth:`compute` reports the layer as NaN or raises, by policy; this
+        reads nothing back from the device except under ``"skip"`` and for the fitted maps, which get the finite
+        samples only (one host sync per chunk each).
         """
         with warnings.catch_warnings():  # the callback warns once per layer instead of once per chunk
             warnings.simplefilter("ignore")
             self.deviation.update(features, labels)
-        counting = [m for m in (self.consistency, self.variance) if m is not None]
-        needs_finite = [self.linear or self.linear_fit] if self.linear_fit is not None else []
-        if self.non_finite_policy == "skip":
-            counting, needs_finite = [], counting + needs_finite
-        for metric in counting:  # NaN/inf counted on the device; compute() reports it by policy
-            metric.update(features)
-        if not needs_finite:
+            for metric in (self.consistency, self.variance):
+                if metric is not None:
+                    metric.update(features)
+        fitted = self.linear or self.linear_fit
+        if fitted is None:
             return
         keep = finite_samples(features)
-        if not bool(keep.all()):
-            features = features[:, keep]
-        for metric in needs_finite:
-            metric.update(features)
+        fitted.update(features if bool(keep.all()) else features[:, keep])
 
     def update_lie(self, features: Tensor, derivatives: Tensor) -> None:
-        """Add one chunk of representations and their Lie derivatives (samples with NaN/inf left out)."""
-        if self.lie is None:
-            return
-        keep = finite_samples(torch.stack([features.flatten(1), derivatives.flatten(1)]))
-        if not bool(keep.all()):
-            features, derivatives = features[keep], derivatives[keep]
-        self.lie.update(features, derivatives)
+        """Add one chunk of representations and their Lie derivatives (NaN/inf counted, or skipped, by policy)."""
+        if self.lie is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.lie.update(features, derivatives)
 
     def fit_linear_maps(self) -> None:
         """End the fitting phase of the linear maps: later chunks are held out.

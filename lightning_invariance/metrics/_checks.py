@@ -54,7 +54,7 @@ def refuses_non_finite(nan_strategy: str, num_non_finite: Tensor, num_samples: T
     refused = nan_strategy == "error" and float(num_non_finite) > 0
     if refused and raise_error:
         raise ValueError(
-            f"The orbit features held NaN or infinite values for {int(num_non_finite)} of {int(num_samples)} samples. "
+            f"The features held NaN or infinite values for {int(num_non_finite)} of {int(num_samples)} samples. "
             "Fix the model or inputs, or pass nan_strategy='skip' to leave those samples out with a warning."
         )
     return refused
