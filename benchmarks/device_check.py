@@ -1,6 +1,7 @@
 """On an accelerator: the same numbers as on the CPU, and no host sync while measuring.
 
-For a small CNN and a ResNet-18-layout CNN, four layers each, the normalised G-EED under D4 is measured on the CPU
+For a small CNN and a ResNet-18-layout CNN, four layers each, the normalised G-EED under D4, the normalised variance
+(tmeasures), the output's prediction consistency and the relative Lie derivative (rotation) are measured on the CPU
 and on ``--device``; the table shows both and their relative difference (float32 rounding of the distances and Gram
 products, about 1e-7, is what the README allows), and the difference when the model runs on the device but the
 metrics are kept on the CPU (each chunk's results moved to them). On CUDA the measurement runs under
@@ -21,10 +22,19 @@ import warnings
 
 import torch
 
-from lightning_invariance import InvarianceDeviation, Probe
+from lightning_invariance import InvarianceDeviation, LieDerivative, LieProbe, Probe
 from lightning_invariance.groups import Dihedral
+from lightning_invariance.metrics import NormalizedVariance, PredictionConsistency
 
 from _common import device_name, resnet18, small_cnn, table
+
+
+def _metrics(layer: str, group: Dihedral, device: torch.device) -> dict[str, torch.nn.Module]:
+    """Every metric the callback can keep per chunk without a host sync (consistency on the output only)."""
+    metrics = {"G-EED": InvarianceDeviation(group, normalize=True), "variance": NormalizedVariance()}
+    if layer == "output":
+        metrics["consistency"] = PredictionConsistency(group)
+    return {name: metric.to(device) for name, metric in metrics.items()}
 
 
 def measure(
@@ -33,20 +43,25 @@ def measure(
     layers: list[str],
     device: torch.device,
     metric_device: torch.device | None = None,
-) -> tuple:
-    """The normalised G-EED per layer, and the sync warnings raised while updating (CUDA only).
+) -> tuple[dict[tuple[str, str], float], int]:
+    """Every score per (layer, measure), and the sync warnings raised while updating (CUDA only).
 
     The model runs on ``device``, the metrics live on ``metric_device`` (``device`` if not given).
     """
     group = Dihedral(4)
     model = model.to(device)
-    metrics = {layer: InvarianceDeviation(group, normalize=True).to(metric_device or device) for layer in layers}
-    probe = Probe(model, group, layers=layers)
+    metrics = {layer: _metrics(layer, group, metric_device or device) for layer in layers}
+    lie = {layer: LieDerivative(normalize=True).to(metric_device or device) for layer in layers}
     with warnings.catch_warnings(record=True) as caught, _sync_debug(device):
         warnings.simplefilter("always")
-        probe.update(inputs.to(device), metrics)
+        Probe(model, group, layers=layers).update(inputs.to(device), {k: list(v.values()) for k, v in metrics.items()})
+        LieProbe(model, "rotation", layers=layers).update(inputs.to(device), lie)
     syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
-    return {layer: float(metric.compute()) for layer, metric in metrics.items()}, len(syncs)
+    with warnings.catch_warnings():  # an untrained model gives every input one label: consistency 1.0, as it says
+        warnings.simplefilter("ignore", RuntimeWarning)
+        values = {(layer, name): float(m.compute()) for layer in layers for name, m in metrics[layer].items()}
+        values |= {(layer, "Lie derivative"): float(metric.compute()) for layer, metric in lie.items()}
+    return values, len(syncs)
 
 
 @contextlib.contextmanager
@@ -79,13 +94,13 @@ def main() -> None:
         on_cpu, _ = measure(model, inputs, layers, torch.device("cpu"))
         on_device, syncs = measure(model, inputs, layers, device)
         metrics_on_cpu, _ = measure(model, inputs, layers, device, torch.device("cpu"))  # features moved to them
-        for layer in layers:
-            difference = abs(on_device[layer] - on_cpu[layer]) / abs(on_cpu[layer])
-            moved = abs(metrics_on_cpu[layer] - on_device[layer]) / abs(on_device[layer])
-            values = [f"{on_cpu[layer]:.8f}", f"{on_device[layer]:.8f}", f"{difference:.1e}", f"{moved:.1e}", syncs]
-            rows.append([name, layer, *values])
-    print(f"Normalised G-EED under D4 on the CPU and on {device} ({device_name(device)}, torch {torch.__version__})")
-    headers = ["model", "layer", "CPU", str(device), "relative difference", "metrics on CPU: difference"]
+        for key, value in on_cpu.items():
+            difference = abs(on_device[key] - value) / abs(value)
+            moved = abs(metrics_on_cpu[key] - on_device[key]) / abs(on_device[key])
+            values = [f"{value:.8f}", f"{on_device[key]:.8f}", f"{difference:.1e}", f"{moved:.1e}", syncs]
+            rows.append([name, *key, *values])
+    print(f"Scores under D4 on the CPU and on {device} ({device_name(device)}, torch {torch.__version__})")
+    headers = ["model", "layer", "measure", "CPU", str(device), "relative difference", "metrics on CPU: difference"]
     print(table([*headers, "syncs while updating"], rows))
 
 
