@@ -263,20 +263,33 @@ def test_nan_features_raise_instead_of_returning_nan() -> None:
         LinearMapFit(4).update(features)
 
 
-@pytest.mark.parametrize("definition", ["tmeasures", "channel_variance"])
-def test_normalized_variance_refuses_non_finite_features_at_compute(definition) -> None:
-    """Counted on the device while updating (no host sync), refused by compute(), NaN in the summary."""
+def _non_finite_features() -> torch.Tensor:
+    """Orbit features ``(4, 6, 3)`` whose samples 1 (a NaN) and 4 (an inf) are not finite."""
     features = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(0))
     features[3, 4, 1] = float("inf")
     features[0, 1, 0] = float("nan")
-    metric = NormalizedVariance(definition)
+    return features
+
+
+def _summary_after_refusal(metric, features: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``features`` in two updates: ``compute()`` refuses them, and the summary it returns keeps the counts."""
     metric.update(features[:, :3])
     metric.update(features[:, 3:])
     with pytest.raises(ValueError, match="NaN or infinite values for 2 of 6 samples"):
         metric.compute()
     summary = metric.compute_summary()
     assert int(summary["num_non_finite"]) == 2 and int(summary["num_skipped"]) == 0
-    assert int(summary["num_samples"]) == 6 and int(summary["num_units"]) == 3
+    assert int(summary["num_samples"]) == 6
+    return summary
+
+
+@pytest.mark.parametrize("definition", ["tmeasures", "channel_variance"])
+def test_normalized_variance_refuses_non_finite_features_at_compute(definition) -> None:
+    """Counted on the device while updating (no host sync), refused by compute(), NaN in the summary."""
+    features = _non_finite_features()
+    metric = NormalizedVariance(definition)
+    summary = _summary_after_refusal(metric, features)
+    assert int(summary["num_units"]) == 3
     for key in ("normalized_variance", "transformation_variance", "sample_variance", "per_unit_normalized_variance"):
         assert bool(torch.isnan(summary[key]).all()), key
     skipping = NormalizedVariance(definition, nan_strategy="skip")
@@ -367,17 +380,9 @@ def test_compute_before_any_update_warns() -> None:
 @pytest.mark.parametrize("distance", ["euclidean", "cosine", "kl", "discrete"])
 def test_nan_strategy_error_refuses_at_compute_and_summarises_as_nan(distance) -> None:
     """`nan_strategy="error"` counts NaN/inf samples on the device (no host sync) and never gives a number for them."""
-    features = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(0))
-    features[3, 4, 1] = float("inf")
-    features[0, 1, 0] = float("nan")
+    features = _non_finite_features()
     metric = InvarianceDeviation(4, distance=distance, normalize=True)
-    metric.update(features[:, :3])
-    metric.update(features[:, 3:])
-    with pytest.raises(ValueError, match="NaN or infinite values for 2 of 6 samples"):
-        metric.compute()
-    summary = metric.compute_summary()
-    assert int(summary["num_non_finite"]) == 2 and int(summary["num_skipped"]) == 0
-    assert int(summary["num_samples"]) == 6
+    summary = _summary_after_refusal(metric, features)
     assert all(bool(torch.isnan(summary[key]).all()) for key in ("geed", "geed_normalized", "stderr", "max"))
     metric.reset()
     metric.update(features[:, 2:4])  # finite again after a reset
