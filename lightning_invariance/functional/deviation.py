@@ -26,6 +26,7 @@ __all__ = [
     "equivariance_deviation",
     "finite_samples",
     "invariance_deviation",
+    "screen_non_finite",
 ]
 
 NAN_STRATEGIES = ("error", "skip")
@@ -92,6 +93,18 @@ def drop_non_finite(orbit_features: Tensor, nan_strategy: str) -> tuple[Tensor, 
         )
     warnings.warn(f"Skipping {num_bad} of {keep.numel()} samples whose features are NaN or infinite.", stacklevel=3)
     return orbit_features[:, keep], num_bad, keep
+
+
+def screen_non_finite(orbit_features: Tensor, nan_strategy: str) -> tuple[Tensor, Tensor | int]:
+    """The samples a metric measures, and how many held NaN/inf.
+
+    ``"skip"``: the finite samples and how many were left out, with a warning (one host sync). ``"error"``: every
+    sample and a count on the device (no host sync); the metric refuses at ``compute()`` when it is not 0.
+    """
+    if nan_strategy == "skip":
+        kept, num_skipped, _ = drop_non_finite(orbit_features, "skip")
+        return kept, num_skipped
+    return orbit_features, (~finite_samples(orbit_features)).sum()
 
 
 def _deviation_update(

@@ -16,6 +16,7 @@ __all__ = [
     "check_optional_positive",
     "check_positive",
     "nan_except",
+    "non_finite_counts",
     "refuses_non_finite",
     "warn_nan",
 ]
@@ -66,3 +67,9 @@ def nan_except(summary: dict[str, Tensor], counts: Collection[str]) -> dict[str,
         key: value if key in counts else torch.full_like(value, float("nan"), dtype=torch.float64)
         for key, value in summary.items()
     }
+
+
+def non_finite_counts(nan_strategy: str, num_non_finite: Tensor) -> dict[str, Tensor]:
+    """A summary's ``num_skipped`` (the samples left out, under ``"skip"``) and ``num_non_finite``."""
+    skipped = num_non_finite if nan_strategy == "skip" else torch.zeros_like(num_non_finite)
+    return {"num_skipped": skipped.clone(), "num_non_finite": num_non_finite.clone()}

@@ -23,6 +23,7 @@ from lightning_invariance.metrics._checks import (
     check_optional_positive,
     check_positive,
     nan_except,
+    non_finite_counts,
     refuses_non_finite,
     warn_nan,
 )
@@ -185,8 +186,7 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
         }
         if refused:  # every statistic would mix in NaN/inf: none is a number (the counts stay)
             summary = nan_except(summary, ("num_samples", "class_count"))
-        skipped = self.num_non_finite if self.nan_strategy == "skip" else torch.zeros_like(self.num_non_finite)
-        return summary | {"num_skipped": skipped.clone(), "num_non_finite": self.num_non_finite.clone()}
+        return summary | non_finite_counts(self.nan_strategy, self.num_non_finite)
 
 
 def _elements_of(action: RepresentationAction, num_elements: int | Group | None) -> int:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lightning_invariance.functional.deviation import NAN_STRATEGIES
+from lightning_invariance.functional.deviation import NAN_STRATEGIES, screen_non_finite
 from lightning_invariance.functional.distances import check_choice
 from lightning_invariance.functional.lie import _lie_update
 from lightning_invariance.metrics._base import SummaryMetric
-from lightning_invariance.metrics._checks import nan_except, refuses_non_finite, warn_nan
+from lightning_invariance.metrics._checks import nan_except, non_finite_counts, refuses_non_finite, warn_nan
 
 __all__ = ["LieDerivative"]
 
@@ -82,19 +81,9 @@ class LieDerivative(SummaryMetric):
         derivative_norms, feature_norms = _lie_update(features, derivatives)
         device = self.num_samples.device
         derivative_norms, feature_norms = derivative_norms.to(device), feature_norms.to(device)
-        finite = torch.isfinite(derivative_norms) & torch.isfinite(feature_norms)
-        if self.nan_strategy == "skip":
-            num_bad = int((~finite).sum())
-            if num_bad:
-                warnings.warn(
-                    f"Skipping {num_bad} of {finite.numel()} samples whose features or derivatives are NaN or "
-                    "infinite.",
-                    stacklevel=2,
-                )
-                derivative_norms, feature_norms = derivative_norms[finite], feature_norms[finite]
-            self.num_non_finite.add_(num_bad)
-        else:  # counted on the device, and refused by compute()
-            self.num_non_finite.add_((~finite).sum())
+        norms, non_finite = screen_non_finite(torch.stack([derivative_norms, feature_norms]), self.nan_strategy)
+        self.num_non_finite.add_(non_finite)
+        derivative_norms, feature_norms = norms
         nonzero = feature_norms > 0
         relative = torch.where(nonzero, derivative_norms / torch.where(nonzero, feature_norms, 1.0), 0.0)
         self.derivative_sum.add_(derivative_norms.sum())
@@ -121,5 +110,4 @@ class LieDerivative(SummaryMetric):
         }
         if refused:  # the sums hold NaN/inf: none is a number (the counts stay)
             summary = nan_except(summary, ("num_samples", "num_zero"))
-        skipped = self.num_non_finite if self.nan_strategy == "skip" else torch.zeros_like(self.num_non_finite)
-        return summary | {"num_skipped": skipped.clone(), "num_non_finite": self.num_non_finite.clone()}
+        return summary | non_finite_counts(self.nan_strategy, self.num_non_finite)

@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_invariance.functional.deviation import drop_non_finite, finite_samples
+from lightning_invariance.functional.deviation import screen_non_finite
 from lightning_invariance.functional.variance import DEFINITIONS, _variance_compute, _variance_update, chan_merge
 from lightning_invariance.metrics._base import SummaryMetric
-from lightning_invariance.metrics._checks import nan_except, refuses_non_finite, warn_nan
+from lightning_invariance.metrics._checks import nan_except, non_finite_counts, refuses_non_finite, warn_nan
 from lightning_invariance.metrics._records import FoldedRecords
 
 __all__ = ["NormalizedVariance"]
@@ -97,24 +97,17 @@ class NormalizedVariance(SummaryMetric):
             shape = tuple(orbit_features.shape) if isinstance(orbit_features, Tensor) else type(orbit_features).__name__
             raise ValueError(f"Expected `orbit_features` of shape (|G|, N, ...), but got {shape}.")
         device = self.num_samples.device
-        if self.nan_strategy == "skip":
-            orbit_features, non_finite, _ = drop_non_finite(orbit_features, "skip")
-        else:  # counted on the device, and refused by compute()
-            non_finite = (~finite_samples(orbit_features)).sum().to(device)
+        orbit_features, non_finite = screen_non_finite(orbit_features, self.nan_strategy)
         if orbit_features.shape[1]:
             spread_sum, num_samples, columns = _variance_update(orbit_features, self.definition)
             type(self).statistics.add(self, (spread_sum, columns), device)
             self.num_samples.add_(num_samples)
-        self.num_non_finite.add_(non_finite)
+        self.num_non_finite.add_(non_finite.to(device) if isinstance(non_finite, Tensor) else non_finite)
 
     def _summary(self, warn: bool) -> dict[str, Tensor]:
         refused = refuses_non_finite(self.nan_strategy, self.num_non_finite, self.num_samples, raise_error=warn)
         folded = type(self).statistics.folded(self)
-        counts = {
-            "num_samples": self.num_samples.clone(),
-            "num_skipped": self.num_non_finite.clone() if self.nan_strategy == "skip" else self.num_non_finite * 0,
-            "num_non_finite": self.num_non_finite.clone(),
-        }
+        counts = {"num_samples": self.num_samples.clone()} | non_finite_counts(self.nan_strategy, self.num_non_finite)
         if folded is None or float(self.num_samples) < 2:
             if warn:
                 warn_nan(
