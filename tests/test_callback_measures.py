@@ -165,6 +165,12 @@ def test_labels_missing_from_the_batch_fail_on_the_first_batch(tmp_path):
         _trainer(tmp_path, [monitor], max_epochs=1).validate(model)
 
 
+def test_labels_out_of_range_fail_on_the_first_batch(tmp_path):
+    monitor = InvarianceMonitor(GROUP, num_classes=2, max_samples=8)  # the digits-like data has 4 classes
+    with pytest.raises(MisconfigurationException, match=r"validation batch 0 .*labels` in \[0, 2\)"):
+        _trainer(tmp_path, [monitor], max_epochs=1).validate(ImageClassifier())
+
+
 def test_a_cache_too_small_to_fit_the_linear_maps_warns_and_logs_the_rest(tmp_path):
     monitor = InvarianceMonitor(GROUP, scores=("geed", "linear_equivariance"), max_samples=1)
     with pytest.warns(UserWarning, match="fit the linear maps"):

@@ -154,3 +154,26 @@ def test_the_lie_derivative_updates_without_a_sync(accelerator_path) -> None:
             metric.update(features, torch.randn_like(features))
     assert counter.calls == []
     assert int(metric.compute_summary()["num_zero"]) == 5
+
+
+def test_per_class_labels_are_checked_without_a_sync_and_refused_at_compute(accelerator_path) -> None:
+    """On accelerators labels out of range are counted on the device; on the CPU they fail in update()."""
+    orbit = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(5))
+    metric = InvarianceDeviation(4, num_classes=3)
+    with SyncCounter() as counter:
+        metric.update(orbit, torch.tensor([0, 1, 2, 2, 1, 0]))
+        metric.update(orbit, torch.tensor([0, 1, 2, 3, -1, 0]))
+    assert counter.calls == []
+    for compute in (metric.compute, metric.compute_summary):
+        with pytest.raises(ValueError, match=r"2 of the labels given to update\(\) were outside \[0, 3\)"):
+            compute()
+    metric.reset()
+    metric.update(orbit, torch.tensor([0, 1, 2, 2, 1, 0]))
+    reference = InvarianceDeviation(4, num_classes=3)
+    reference.update(orbit, torch.tensor([0, 1, 2, 2, 1, 0]))
+    torch.testing.assert_close(metric.compute_summary()["per_class"], reference.compute_summary()["per_class"])
+
+
+def test_per_class_labels_out_of_range_fail_in_update_on_the_cpu() -> None:
+    with pytest.raises(ValueError, match=r"Expected `labels` in \[0, 3\).*\[-1, 3\]"):
+        InvarianceDeviation(4, num_classes=3).update(torch.randn(4, 3, 2), torch.tensor([3, -1, 0]))

@@ -24,6 +24,7 @@ from lightning_invariance.callbacks._shares import cache_size, my_share
 from lightning_invariance.groups.actions import RepresentationAction
 from lightning_invariance.groups.base import Group
 from lightning_invariance.lie_probe import LieProbe
+from lightning_invariance.metrics._checks import check_label_range
 from lightning_invariance.probe import Probe
 
 __all__ = ["MeasureSettings", "Measurer"]
@@ -102,6 +103,8 @@ class Measurer:
                 raise ValueError(
                     f"the labels have shape {tuple(labels.shape)}, not one per input ({batch_size(inputs)} inputs)"
                 )
+            if labels is not None and self.settings.num_classes is not None:  # once per batch, not per chunk
+                check_label_range(labels, self.settings.num_classes)
         except (TypeError, KeyError, ValueError) as error:
             raise MisconfigurationException(
                 f"InvarianceMonitor could not measure validation batch {batch_idx} of dataloader {index}: {error}"

@@ -10,8 +10,10 @@ import torch
 from torch import Tensor
 
 from lightning_invariance._checks import check_optional_positive, check_positive
+from lightning_invariance._sync import branches_on_host
 
 __all__ = [
+    "check_label_range",
     "check_labels",
     "check_optional_positive",
     "check_positive",
@@ -23,7 +25,11 @@ __all__ = [
 
 
 def check_labels(labels: Any, orbit_features: Tensor, num_classes: int) -> None:
-    """Require integer class labels ``(N,)`` in ``[0, num_classes)``, one per sample of the orbit features."""
+    """Require integer class labels ``(N,)``, one per sample of the orbit features, in ``[0, num_classes)``.
+
+    The range is checked here where reading a value back is free (the CPU); on accelerators the metric counts labels
+    out of range on the device and refuses them at ``compute()``, so that ``update`` never waits for the device.
+    """
     if not isinstance(labels, Tensor):
         raise ValueError(
             f"This metric was built with num_classes={num_classes}: pass the class labels (N,) as `labels`, got "
@@ -34,6 +40,12 @@ def check_labels(labels: Any, orbit_features: Tensor, num_classes: int) -> None:
             f"Expected `labels` to be integer class labels of shape ({orbit_features.shape[1]},), one per sample, but "
             f"got dtype {labels.dtype} and shape {tuple(labels.shape)}."
         )
+    if branches_on_host(labels.device):
+        check_label_range(labels, num_classes)
+
+
+def check_label_range(labels: Tensor, num_classes: int) -> None:
+    """Require ``labels`` in ``[0, num_classes)`` (reads their range back from the device)."""
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(
             f"Expected `labels` in [0, {num_classes}) (num_classes={num_classes}), but got values in "

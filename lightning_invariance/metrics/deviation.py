@@ -49,6 +49,7 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
     num_non_finite: Tensor
     class_sum: Tensor
     class_count: Tensor
+    num_invalid_labels: Tensor
     sample_deviations: list[Tensor]
     valid_entries: Tensor
     entries: Tensor
@@ -98,6 +99,7 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
         if num_classes is not None:
             self.add_state("class_sum", torch.zeros(num_classes, dtype=f64), dist_reduce_fx="sum")
             self.add_state("class_count", torch.zeros(num_classes, dtype=f64), dist_reduce_fx="sum")
+            self.add_state("num_invalid_labels", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         if self.keep_sample_deviations:
             self.add_state("sample_deviations", [], dist_reduce_fx="cat")
         if self.border_mask:
@@ -138,8 +140,11 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
         if self.num_classes is not None:
             kept_labels = labels if batch.kept is None else labels[batch.kept.to(labels.device)]
             kept_labels = kept_labels.to(self.class_sum.device, torch.long)
-            self.class_sum.index_add_(0, kept_labels, per_sample)
-            self.class_count.index_add_(0, kept_labels, torch.ones_like(per_sample))
+            in_range = (kept_labels >= 0) & (kept_labels < self.num_classes)  # checked on CPU, counted elsewhere
+            self.num_invalid_labels.add_((~in_range).sum())
+            index = kept_labels.clamp(0, self.num_classes - 1)
+            self.class_sum.index_add_(0, index, torch.where(in_range, per_sample, 0.0))
+            self.class_count.index_add_(0, index, in_range.to(per_sample.dtype))
         if self.keep_sample_deviations and per_sample.numel():  # records: float64 through any merge (_records.py)
             self.sample_deviations.append(make_record(per_sample))
         if batch.valid_entries is not None:
@@ -151,6 +156,11 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
         n = self.num_samples
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=n.device)
         empty = float(n) == 0
+        if self.num_classes is not None and float(self.num_invalid_labels) > 0:
+            raise ValueError(
+                f"{int(self.num_invalid_labels)} of the labels given to update() were outside [0, {self.num_classes}) "
+                f"(num_classes={self.num_classes}): pass labels in that range (or a larger num_classes)."
+            )
         refused = refuses_non_finite(self.nan_strategy, self.num_non_finite, n, raise_error=warn)
         pair_mean = self._normalizer_mean()
         if warn and empty:
@@ -257,7 +267,9 @@ class InvarianceDeviation(_DeviationMetric):
             synchronisation per ``update``).
         normalizer_window: the normaliser pairs each sample with the ``normalizer_window - 1`` samples before it,
             across batches (see :mod:`~lightning_invariance.functional.normalizer`).
-        num_classes: also keep the G-EED per class; ``update`` then needs ``labels``.
+        num_classes: also keep the G-EED per class; ``update`` then needs ``labels`` in ``[0, num_classes)`` (on the
+            CPU others fail in ``update``; on accelerators, where checking would make ``update`` wait for the device,
+            they are counted there and ``compute``/``compute_summary`` fail).
         keep_sample_deviations: also keep every sample's mean distance over the group (memory grows with the
             data), for histograms: a mean near 0 can hide a few large failures.
         kwargs: passed to :class:`torchmetrics.Metric`.
