@@ -370,6 +370,34 @@ def test_border_mask_compares_only_the_valid_region():
     assert float(equivariance_deviation(orbit, action, border_mask=True)) == pytest.approx(expected, abs=1e-12)
 
 
+class _CountingRotation(ContinuousRotation):
+    """Counts the border masks it builds."""
+
+    built = 0
+
+    def valid_mask(self, k, shape):
+        type(self).built += 1
+        return super().valid_mask(k, shape)
+
+
+def test_border_masks_are_built_once_per_layer_shape_not_per_update():
+    """Each is an interpolation on the CPU and a copy the host waits for on an accelerator: once, then reused."""
+    _CountingRotation.built = 0
+    group = _CountingRotation(angles=[30.0, 60.0])
+    orbits = [group.orbit(torch.randn(4, 2, 10, 10, generator=torch.Generator().manual_seed(i))) for i in range(5)]
+    chunked = EquivarianceDeviation(SpatialAction(group), border_mask=True)
+    for orbit in orbits:
+        chunked.update(orbit)
+    assert _CountingRotation.built == 3  # one mask per element
+    EquivarianceDeviation(SpatialAction(group), border_mask=True).update(group.orbit(torch.randn(4, 2, 6, 6)))
+    assert _CountingRotation.built == 6  # another layer's shape: its own masks
+    fresh = SpatialAction(ContinuousRotation(angles=[30.0, 60.0]))  # built anew, for one update of everything
+    whole = EquivarianceDeviation(fresh, border_mask=True)
+    whole.update(torch.cat(orbits, dim=1))
+    for key in ("geed", "valid_fraction"):
+        torch.testing.assert_close(chunked.compute_summary()[key], whole.compute_summary()[key], rtol=1e-12, atol=0)
+
+
 def test_border_mask_needs_a_spatial_action_and_a_vector_distance():
     with pytest.raises(ValueError, match="border_mask"):
         EquivarianceDeviation(TrivialAction(), 4, border_mask=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Hashable
 from typing import NamedTuple
 
 import torch
@@ -177,12 +179,26 @@ def _border_masks(orbit: Tensor, action: RepresentationAction | None, distance: 
         raise ValueError(
             f"border_mask=True needs distance 'euclidean' or 'cosine' (on feature maps), not {distance!r}."
         )
+    dtype = orbit.dtype if orbit.is_floating_point() else torch.get_default_dtype()
+    build = _valid_masks if isinstance(action, Hashable) else _valid_masks.__wrapped__  # a user's action may not hash
+    return build(action, orbit.shape[0], tuple(orbit.shape[2:]), orbit.device, dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _valid_masks(
+    action: RepresentationAction, num_elements: int, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """The masks of :func:`_border_masks`, built once per action, shape and device.
+
+    Every chunk of a layer has the same shape: building them (an interpolation per element, on the CPU) and copying
+    them to the device (a copy the host waits for) once per measurement rather than once per update.
+    """
     masks = []
-    for k in range(orbit.shape[0]):
-        mask = action.valid_mask(k, tuple(orbit.shape[2:]))
-        full = torch.ones(orbit.shape[2:], device=orbit.device) if mask is None else mask.to(orbit.device)
-        masks.append(full.expand(orbit.shape[2:]).reshape(-1))
-    return torch.stack(masks).to(orbit.dtype if orbit.is_floating_point() else torch.get_default_dtype())
+    for k in range(num_elements):
+        mask = action.valid_mask(k, shape)
+        full = torch.ones(shape) if mask is None else mask
+        masks.append(full.expand(shape).reshape(-1))
+    return torch.stack(masks).to(device, dtype)
 
 
 def _distances(
