@@ -184,7 +184,7 @@ def _border_masks(orbit: Tensor, action: RepresentationAction | None, distance: 
     return build(action, orbit.shape[0], tuple(orbit.shape[2:]), orbit.device, dtype)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=16)
 def _valid_masks(
     action: RepresentationAction, num_elements: int, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
 ) -> Tensor:

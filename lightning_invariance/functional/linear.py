@@ -47,16 +47,19 @@ def pooled_orbit(orbit_features: Tensor, pool_size: int = 2, max_features: int =
         values = F.adaptive_avg_pool3d(values.flatten(1, -4), pool_size)
     flat = values.flatten(1)
     if flat.shape[1] > max_features:
-        flat = flat @ _projection(flat.shape[1], max_features, seed).to(flat.device)
+        flat = flat @ _projection(flat.shape[1], max_features, seed, flat.device)
     return flat.reshape(num_elements, num_samples, flat.shape[-1])
 
 
 @functools.lru_cache(maxsize=32)
-def _projection(width: int, max_features: int, seed: int) -> Tensor:
-    """The fixed ``(width, max_features)`` Gaussian projection, drawn once per shape (not on every update)."""
+def _projection(width: int, max_features: int, seed: int, device: torch.device) -> Tensor:
+    """The fixed ``(width, max_features)`` Gaussian projection on ``device``, drawn on the CPU once per shape.
+
+    Cached per device too: copying it to an accelerator on every update would make the host wait each time.
+    """
     generator = torch.Generator().manual_seed(seed)
     projection = torch.randn(width, max_features, generator=generator, dtype=torch.float64)
-    return projection / math.sqrt(max_features)
+    return (projection / math.sqrt(max_features)).to(device)
 
 
 def _design(identity_features: Tensor) -> Tensor:
