@@ -294,6 +294,17 @@ def test_lie_derivative_is_zero_for_invariant_and_equivariant_models():
     assert float(plain.compute()) > 0.1
 
 
+def test_the_lie_probes_vector_fields_are_built_once_per_shape():
+    """Built on the CPU: copying them to an accelerator in every chunk would make the host wait each time."""
+    from lightning_invariance.functional import lie
+
+    identity = torch.nn.Sequential(torch.nn.Identity())
+    lie._vector_field.cache_clear()
+    probe = LieProbe(identity, "translation_x", layers=["0"], equivariant_layers=["0"], chunk_size=2)
+    probe.run(_smooth_images(8).float(), lambda *_: None)  # 4 chunks: the input's field and the layer's, each once
+    assert lie._vector_field.cache_info().misses == 2 and lie._vector_field.cache_info().hits == 6
+
+
 def test_lie_probe_leaves_the_model_and_rng_as_they_were():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Dropout(0.5)).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -15,6 +15,8 @@ product of the model in that direction (``torch.func.jvp``). Scores here use the
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,10 +28,20 @@ __all__ = ["GENERATORS", "derivative_along", "lie_derivative"]
 GENERATORS = ("rotation", "scaling", "translation_x", "translation_y")
 
 
-def _vector_field(generator: str, height: int, width: int, input_size: tuple[int, int] | None) -> tuple[Tensor, Tensor]:
-    """``(d_row, d_col)`` per pixel and per unit of ``t``, in this map's pixels, as ``(H, W)`` float64 tensors."""
-    if generator not in GENERATORS:
-        raise ValueError(f"Expected argument `generator` to be one of {GENERATORS} but got {generator!r}.")
+@functools.lru_cache(maxsize=32)
+def _vector_field(
+    generator: str,
+    height: int,
+    width: int,
+    input_size: tuple[int, int] | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """``(d_row, d_col)`` per pixel and per unit of ``t``, in this map's pixels, as ``(H, W)`` tensors on ``device``.
+
+    Built in float64 on the CPU once per shape and device: copying it to an accelerator in every chunk would make
+    the host wait each time.
+    """
     rows = ((2 * torch.arange(height, dtype=torch.float64) + 1) / height - 1).view(-1, 1).expand(height, width)
     cols = ((2 * torch.arange(width, dtype=torch.float64) + 1) / width - 1).view(1, -1).expand(height, width)
     in_height, in_width = input_size if input_size is not None else (height, width)
@@ -43,7 +55,7 @@ def _vector_field(generator: str, height: int, width: int, input_size: tuple[int
         d_col, d_row = zeros - 2.0 / in_width, zeros
     else:
         d_col, d_row = zeros, zeros - 2.0 / in_height
-    return d_row * height / 2, d_col * width / 2
+    return (d_row * height / 2).to(device, dtype), (d_col * width / 2).to(device, dtype)
 
 
 def derivative_along(images: Tensor, generator: str, input_size: tuple[int, int] | None = None) -> Tensor:
@@ -61,12 +73,14 @@ def derivative_along(images: Tensor, generator: str, input_size: tuple[int, int]
     if images.ndim < 2:
         raise ValueError(f"Expected images of shape (..., H, W), but got shape {tuple(images.shape)}.")
     height, width = images.shape[-2:]
-    d_row, d_col = _vector_field(generator, height, width, input_size)
+    if generator not in GENERATORS:
+        raise ValueError(f"Expected argument `generator` to be one of {GENERATORS} but got {generator!r}.")
+    size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
+    d_row, d_col = _vector_field(generator, height, width, size, images.device, images.dtype)
     flat = images.reshape(-1, 1, height, width)
     padded = F.pad(flat, (1, 1, 1, 1))
     grad_row = (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]) / 2
     grad_col = (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]) / 2
-    d_row, d_col = d_row.to(images.device, images.dtype), d_col.to(images.device, images.dtype)
     return (grad_row * d_row + grad_col * d_col).reshape(images.shape)
 
 
