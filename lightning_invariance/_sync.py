@@ -4,13 +4,20 @@ Reading a value on the host (``bool(t)``, ``float(t)``, ``.item()``, boolean ind
 device has computed it. On the CPU that costs nothing, and branching saves work (a fallback computed only when it is
 needed). On an accelerator it stalls the queue of kernels, so the hot path computes the fallback for every row and
 selects on the device instead; both give the same values.
+
+Copying a CPU tensor to an accelerator makes the host wait too (a copy from pageable memory synchronises the stream),
+so the constants that groups and actions apply in every chunk (permutation tables, affine and rotation matrices)
+are copied to a device once and reused: :func:`constant_on`.
 """
 
 from __future__ import annotations
 
-import torch
+import weakref
 
-__all__ = ["HOST_BRANCH_DEVICES", "branches_on_host"]
+import torch
+from torch import Tensor
+
+__all__ = ["HOST_BRANCH_DEVICES", "branches_on_host", "constant_on"]
 
 #: Device types on which the hot path may read tensor values on the host to branch.
 HOST_BRANCH_DEVICES = frozenset({"cpu"})
@@ -19,3 +26,26 @@ HOST_BRANCH_DEVICES = frozenset({"cpu"})
 def branches_on_host(device: torch.device) -> bool:
     """Whether code running on ``device`` may branch on a tensor's value (a host sync) rather than select on it."""
     return device.type in HOST_BRANCH_DEVICES
+
+
+#: Copies made by :func:`constant_on`, by the ``id`` of the constant they copy (dropped with it).
+_COPIES: dict[int, dict[tuple[torch.device, torch.dtype], Tensor]] = {}
+
+
+def constant_on(constant: Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+    """``constant`` on ``device`` (in ``dtype``), copied there once and reused while ``constant`` lives.
+
+    For tensors that never change after they are made (a group's tables and matrices): index the returned tensor
+    rather than caching a row, since each indexing makes a new tensor.
+    """
+    dtype = dtype or constant.dtype
+    if constant.device == device and constant.dtype == dtype:
+        return constant
+    copies = _COPIES.get(id(constant))
+    if copies is None:
+        copies = _COPIES[id(constant)] = {}
+        weakref.finalize(constant, _COPIES.pop, id(constant), None)
+    key = (device, dtype)
+    if key not in copies:
+        copies[key] = constant.to(device, dtype)
+    return copies[key]

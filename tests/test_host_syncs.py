@@ -18,7 +18,16 @@ from torchmetrics import Metric
 from lightning_invariance import InvarianceDeviation, Probe, _sync
 from lightning_invariance import probe as probe_module
 from lightning_invariance.functional.distances import per_sample_distance
-from lightning_invariance.groups import CyclicRotation, SpatialAction
+from lightning_invariance.groups import (
+    ContinuousRotation,
+    CyclicRotation,
+    Euclidean3D,
+    MatrixAction,
+    Permutation,
+    Rotation3D,
+    Scaling,
+    SpatialAction,
+)
 from lightning_invariance.metrics import (
     EquivarianceDeviation,
     LieDerivative,
@@ -177,3 +186,49 @@ def test_per_class_labels_are_checked_without_a_sync_and_refused_at_compute(acce
 def test_per_class_labels_out_of_range_fail_in_update_on_the_cpu() -> None:
     with pytest.raises(ValueError, match=r"Expected `labels` in \[0, 3\).*\[-1, 3\]"):
         InvarianceDeviation(4, num_classes=3).update(torch.randn(4, 3, 2), torch.tensor([3, -1, 0]))
+
+
+class _CopiesFromTheCpu(TorchFunctionMode):
+    """Counts ``Tensor.to`` calls on CPU tensors (copies to another device make the host wait for it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") == "to" and isinstance(args[0], Tensor) and args[0].device.type == "cpu":
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    ("group", "shape"),
+    [
+        (ContinuousRotation([30.0, -15.0]), (2, 1, 8, 8)),
+        (Scaling([1.2]), (2, 1, 8, 8)),
+        (CyclicRotation(8), (2, 1, 8, 8)),
+        (Permutation(dim=1, num_elements=3), (2, 5)),
+        (Rotation3D(4), (2, 5, 3)),
+        (Euclidean3D(3), (2, 5, 3)),
+    ],
+    ids=repr,
+)
+def test_groups_copy_their_constants_to_a_device_once(group, shape) -> None:
+    """Matrices and permutation tables go to the inputs' device once, not in every chunk ("meta" stands in for it)."""
+    inputs = torch.randn(shape).to("meta")
+    group.orbit(inputs)
+    with _CopiesFromTheCpu() as copies:
+        for _ in range(3):
+            group.orbit(inputs)
+    assert copies.count == 0
+
+
+def test_a_matrix_action_copies_its_matrices_to_a_device_once() -> None:
+    group = Rotation3D(4)
+    action = MatrixAction(group, group.matrices())
+    features = torch.randn(2, 5, 3).to("meta")
+    action.act(features, 1)
+    with _CopiesFromTheCpu() as copies:
+        for k in range(4):
+            action.act(features, k)
+    assert copies.count == 0

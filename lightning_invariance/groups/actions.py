@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from lightning_invariance._sync import constant_on
 from lightning_invariance.groups.base import Group
 from lightning_invariance.groups.image import CyclicRotation
 
@@ -172,7 +173,7 @@ class MatrixAction(RepresentationAction):
         """Apply element ``k``'s matrix to the last axis."""
         if features.shape[-1] != self.matrices.shape[-1]:
             raise ValueError(f"{self!r} acts on {self._expects()}; got features of shape {tuple(features.shape)}.")
-        return features @ self.matrices[k].to(features.device, features.dtype).T
+        return features @ constant_on(self.matrices, features.device, features.dtype)[k].T
 
     @property
     def size(self) -> int:

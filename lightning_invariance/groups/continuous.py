@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_invariance._checks import check_positive
+from lightning_invariance._sync import constant_on
 from lightning_invariance.groups.base import Group
 
 __all__ = ["ContinuousRotation", "Scaling", "affine_transform", "rotation_matrix"]
@@ -61,7 +62,7 @@ class _AffineFamily(Group):
         self._require_image(x)
 
     def _act(self, x: Tensor, k: int) -> Tensor:
-        return affine_transform(x, self._matrices[k], self.mode, self.padding_mode)
+        return affine_transform(x, constant_on(self._matrices[k], x.device), self.mode, self.padding_mode)
 
     def valid_mask(self, k: int, shape: tuple[int, ...]) -> Tensor:
         """1 where every input pixel that element ``k`` samples lies inside the image, else 0 (``(H, W)``)."""

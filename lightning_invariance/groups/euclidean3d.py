@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from lightning_invariance._checks import check_positive
+from lightning_invariance._sync import constant_on
 from lightning_invariance.groups.base import Group
 
 __all__ = ["CubeRotations", "Euclidean3D", "RigidMotions", "Rotation3D", "Translation3D"]
@@ -77,8 +78,8 @@ class RigidMotions(Group):
             raise ValueError(f"{self!r} needs floating-point coordinates, got dtype {x.dtype}.")
 
     def _act(self, x: Tensor, k: int) -> Tensor:
-        rotation = self._rotations[k].to(x.device, x.dtype)
-        return x @ rotation.T + self._translations[k].to(x.device, x.dtype)
+        rotation = constant_on(self._rotations, x.device, x.dtype)[k]
+        return x @ rotation.T + constant_on(self._translations, x.device, x.dtype)[k]
 
 
 def _uniform_rotations(count: int, generator: torch.Generator) -> Tensor:

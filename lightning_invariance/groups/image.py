@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import ClassVar
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor
 
 from lightning_invariance._checks import check_positive
+from lightning_invariance._sync import constant_on
 from lightning_invariance.groups.base import Group
 from lightning_invariance.groups.continuous import affine_transform, rotation_matrix
 
@@ -25,7 +27,13 @@ def _rotate(x: Tensor, degrees: float) -> Tensor:
     quarter_turns = degrees / 90.0
     if math.isclose(quarter_turns, round(quarter_turns), abs_tol=1e-9):
         return torch.rot90(x, round(quarter_turns) % 4, dims=(-2, -1))
-    return affine_transform(x, rotation_matrix(degrees))
+    return affine_transform(x, constant_on(_rotation(degrees), x.device))
+
+
+@functools.lru_cache(maxsize=256)
+def _rotation(degrees: float) -> Tensor:
+    """One matrix per angle, kept: :func:`constant_on` then copies it to a device once."""
+    return rotation_matrix(degrees)
 
 
 class CyclicRotation(Group):

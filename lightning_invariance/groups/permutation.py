@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from lightning_invariance._checks import check_positive
+from lightning_invariance._sync import constant_on
 from lightning_invariance.groups.base import Group
 
 __all__ = ["Permutation", "seeded_permutations"]
@@ -59,7 +60,7 @@ class Permutation(Group):
             raise ValueError(f"{self!r} permutes axis {self.dim}, but the batch has shape {tuple(x.shape)}.")
 
     def _act(self, x: Tensor, k: int) -> Tensor:
-        index = self.permutations(x.shape[self.dim])[k].to(x.device)
+        index = constant_on(self.permutations(x.shape[self.dim]), x.device)[k]
         return x.index_select(self.dim, index)
 
     def __repr__(self) -> str:
