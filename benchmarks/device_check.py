@@ -7,6 +7,8 @@ products, about 1e-7, is what the README allows), and the difference when the mo
 metrics are kept on the CPU (each chunk's results moved to them). On CUDA the measurement runs under
 ``torch.cuda.set_sync_debug_mode("warn")``, and the script counts the warnings: each is a point where the host
 waited for the device while the probe and the metrics were updating (``compute`` is outside, it must read back).
+A second table counts them for the other groups' orbits (matrices and permutation tables copied to the device) and
+for equivariance with border masks.
 Run it on a GPU machine as one prepared command:
 
     PYTHONPATH=. python benchmarks/device_check.py --device cuda
@@ -23,8 +25,16 @@ import warnings
 import torch
 
 from lightning_invariance import InvarianceDeviation, LieDerivative, LieProbe, Probe
-from lightning_invariance.groups import Dihedral
-from lightning_invariance.metrics import NormalizedVariance, PredictionConsistency
+from lightning_invariance.groups import (
+    ContinuousRotation,
+    CyclicRotation,
+    Dihedral,
+    Permutation,
+    Rotation3D,
+    Scaling,
+    SpatialAction,
+)
+from lightning_invariance.metrics import EquivarianceDeviation, NormalizedVariance, PredictionConsistency
 
 from _common import device_name, resnet18, small_cnn, table
 
@@ -62,6 +72,31 @@ def measure(
         values = {(layer, name): float(m.compute()) for layer in layers for name, m in metrics[layer].items()}
         values |= {(layer, "Lie derivative"): float(metric.compute()) for layer, metric in lie.items()}
     return values, len(syncs)
+
+
+def group_syncs(device: torch.device, scale: int) -> list[list]:
+    """Syncs while measuring the G-EED under groups whose elements carry constants, and with border masks."""
+    torch.manual_seed(0)
+    images, points, rows = torch.randn(256 // scale, 1, 16, 16), torch.randn(256 // scale, 12, 3), []
+    layers = [torch.nn.Flatten(), torch.nn.Linear(36, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)]
+    point_net = torch.nn.Sequential(*layers)
+    rotation = ContinuousRotation([30.0, 60.0, -45.0])
+    masked = EquivarianceDeviation(SpatialAction(rotation), border_mask=True, normalize=True)
+    cases = [
+        (rotation, small_cnn(), images, "0", masked),
+        (CyclicRotation(8), small_cnn(), images, "output", None),
+        (Scaling([0.8, 1.25]), small_cnn(), images, "output", None),
+        (Permutation(dim=1, num_elements=4), point_net, points, "output", None),
+        (Rotation3D(8), point_net, points, "output", None),
+    ]
+    for group, model, inputs, layer, metric in cases:
+        metric = (metric or InvarianceDeviation(group, normalize=True)).to(device)
+        with warnings.catch_warnings(record=True) as caught, _sync_debug(device):
+            warnings.simplefilter("always")
+            Probe(model.eval().to(device), group, layers=[layer]).update(inputs.to(device), {layer: metric})
+        syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+        rows.append([repr(group), layer, type(metric).__name__, f"{float(metric.compute()):.6f}", len(syncs)])
+    return rows
 
 
 @contextlib.contextmanager
@@ -102,6 +137,8 @@ def main() -> None:
     print(f"Scores under D4 on the CPU and on {device} ({device_name(device)}, torch {torch.__version__})")
     headers = ["model", "layer", "measure", "CPU", str(device), "relative difference", "metrics on CPU: difference"]
     print(table([*headers, "syncs while updating"], rows))
+    print(f"\nOther groups on {device}: host syncs while measuring")
+    print(table(["group", "layer", "metric", "value", "syncs while updating"], group_syncs(device, scale)))
 
 
 if __name__ == "__main__":
