@@ -21,6 +21,7 @@ from lightning_invariance.metrics import (
     NormalizedVariance,
     PredictionConsistency,
 )
+from lightning_invariance.metrics._checks import nan_except
 from lightning_invariance.probe import OUTPUT
 
 __all__ = ["DEVIATION_SCORES", "NON_FINITE", "SCORES", "LayerScores", "ScoreOptions", "logged_keys"]
@@ -184,7 +185,7 @@ class LayerScores:
                 "for it instead, or 'skip' to measure the finite inputs."
             )
         if float(non_finite) > 0 and self.non_finite_policy == "nan":
-            values = {key: torch.full_like(value, float("nan"), dtype=torch.float64) for key, value in values.items()}
+            values = nan_except(values, ())
         return values | {"non_finite": non_finite}
 
     def _compute_scores(self) -> dict[str, Tensor]:

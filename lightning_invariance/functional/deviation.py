@@ -58,14 +58,13 @@ class DeviationBatch(NamedTuple):
     distances: Tensor
     #: ``(N, ...)`` the kept samples' untransformed representations in distance space, for the normaliser's pairs.
     identity_rows: Tensor
-    #: Samples left out for non-finite features, and which were kept (``None``: all of them).
-    num_skipped: int
+    #: Which samples were kept (``None``: all of them).
     kept: Tensor | None
+    #: Samples with NaN/inf features: those skipped, or (``nan_strategy="count"``) a count on the device of those kept.
+    num_non_finite: Tensor | int = 0
     #: With a border mask: ``(|G|,)`` valid entries per sample of each element, and the entries per sample.
     valid_entries: Tensor | None = None
     entries: int = 0
-    #: Samples with NaN/inf features: those skipped, or (``nan_strategy="count"``) a count on the device of those kept.
-    num_non_finite: Tensor | int = 0
 
 
 def finite_samples(orbit_features: Tensor) -> Tensor:
@@ -145,7 +144,7 @@ def _deviation_update(
         masks = _border_masks(orbit_features, action, distance) if border_mask else None
         if orbit_features.shape[1] == 0:  # an empty batch adds nothing
             empty = orbit_features.new_zeros((orbit_features.shape[0], 0), dtype=torch.float64)
-            return DeviationBatch(empty, empty[0], 0, None)
+            return DeviationBatch(empty, empty[0], None)
         orbit, num_skipped, kept, non_finite = orbit_features, 0, None, 0
         class_scores = distance in ("kl", "discrete")  # small, and argmax or a probability check hides NaN
         if class_scores and nan_strategy == "count":
@@ -161,8 +160,7 @@ def _deviation_update(
             if num_skipped:
                 distances, space = _distances(orbit, distance, reference, apply_softmax, action, masks)
         identity_rows = space[0] if masks is None else space[0] * masks.prod(dim=0)
-    non_finite = non_finite if nan_strategy == "count" else num_skipped
-    batch = DeviationBatch(distances, identity_rows, num_skipped, kept, num_non_finite=non_finite)
+    batch = DeviationBatch(distances, identity_rows, kept, non_finite if nan_strategy == "count" else num_skipped)
     if masks is None:
         return batch
     return batch._replace(valid_entries=masks.sum(dim=1).to(torch.float64), entries=masks.shape[1])
