@@ -150,8 +150,8 @@ class Probe(LayerRunner):
                         f"Layer(s) {silent} did not run during the forward pass, so nothing was "
                         "captured; check the module paths against the model's forward."
                     )
-                self.layer_order = list(order)
             gathered.flush()
+        self.layer_order = list(order)  # the last chunk's: every chunk runs the layers in the same order
 
 
 class _Gatherer:
