@@ -1,7 +1,8 @@
 """On an accelerator: the same numbers as on the CPU, and no host sync while measuring.
 
 For a small CNN and a ResNet-18-layout CNN, four layers each, the normalised G-EED under D4, the normalised variance
-(tmeasures), the output's prediction consistency and the relative Lie derivative (rotation) are measured on the CPU
+(tmeasures), the output's prediction consistency, fitted linear maps (their Frobenius norm; pooled features projected
+to 64, so the projection runs too) and the relative Lie derivative (rotation) are measured on the CPU
 and on ``--device``; the table shows both and their relative difference (float32 rounding of the distances and Gram
 products, about 1e-7, is what the README allows), and the difference when the model runs on the device but the
 metrics are kept on the CPU (each chunk's results moved to them). On CUDA the measurement runs under
@@ -34,14 +35,18 @@ from lightning_invariance.groups import (
     Scaling,
     SpatialAction,
 )
-from lightning_invariance.metrics import EquivarianceDeviation, NormalizedVariance, PredictionConsistency
+from lightning_invariance.metrics import EquivarianceDeviation, LinearMapFit, NormalizedVariance, PredictionConsistency
 
 from _common import device_name, resnet18, small_cnn, table
 
 
 def _metrics(layer: str, group: Dihedral, device: torch.device) -> dict[str, torch.nn.Module]:
     """Every metric the callback can keep per chunk without a host sync (consistency on the output only)."""
-    metrics = {"G-EED": InvarianceDeviation(group, normalize=True), "variance": NormalizedVariance()}
+    metrics = {
+        "G-EED": InvarianceDeviation(group, normalize=True),
+        "variance": NormalizedVariance(),
+        "fitted maps (norm)": LinearMapFit(group, max_features=64),
+    }
     if layer == "output":
         metrics["consistency"] = PredictionConsistency(group)
     return {name: metric.to(device) for name, metric in metrics.items()}
@@ -69,7 +74,7 @@ def measure(
     syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
     with warnings.catch_warnings():  # an untrained model gives every input one label: consistency 1.0, as it says
         warnings.simplefilter("ignore", RuntimeWarning)
-        values = {(layer, name): float(m.compute()) for layer in layers for name, m in metrics[layer].items()}
+        values = {(layer, name): float(m.compute().norm()) for layer in layers for name, m in metrics[layer].items()}
         values |= {(layer, "Lie derivative"): float(metric.compute()) for layer, metric in lie.items()}
     return values, len(syncs)
 

@@ -145,6 +145,26 @@ def test_non_finite_features_error_or_skip():
     assert skipped.item() == pytest.approx(reference_geed([kept]), rel=1e-9)
 
 
+@pytest.mark.parametrize("bad_part", ["fit", "held out"])
+def test_fitted_linear_deviation_refuses_or_skips_non_finite_features(bad_part):
+    """It returned NaN without a word when the fitting or held-out features held NaN."""
+    from lightning_invariance.functional import linear_equivariance_deviation
+
+    generator = torch.Generator().manual_seed(7)
+    parts = {"fit": torch.randn(3, 12, 4, generator=generator), "held out": torch.randn(3, 8, 4, generator=generator)}
+    clean = dict(parts)
+    parts[bad_part] = parts[bad_part].clone()
+    parts[bad_part][1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite values for 1 of"):
+        linear_equivariance_deviation(parts["fit"], parts["held out"])
+    with pytest.warns(UserWarning, match="Skipping 1 of"):
+        skipped = linear_equivariance_deviation(parts["fit"], parts["held out"], nan_strategy="skip")
+    kept = [i for i in range(parts[bad_part].shape[1]) if i != 2]
+    clean[bad_part] = clean[bad_part][:, kept]
+    expected = linear_equivariance_deviation(clean["fit"], clean["held out"])
+    torch.testing.assert_close(skipped, expected, rtol=1e-12, atol=0.0)
+
+
 def test_single_sample_cannot_be_normalized():
     orbit = torch.randn(4, 1, 3)
     with pytest.warns(UserWarning, match="at least one batch of two or more samples"):

@@ -124,10 +124,12 @@ def test_the_accelerator_path_gives_the_cpu_path_values(monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize("non_finite", ["nan", "error"])
 @pytest.mark.parametrize(
-    "scores", [("geed", "geed_normalized"), ("geed", "consistency", "normalized_variance")], ids=["geed", "optional"]
+    "scores",
+    [("geed", "geed_normalized"), ("geed", "consistency", "normalized_variance"), ("geed", "linear_equivariance")],
+    ids=["geed", "optional", "linear"],
 )
 def test_the_callbacks_layer_scores_do_not_synchronise_per_chunk(accelerator_path, scores, non_finite) -> None:
-    """The callback's metrics take a chunk's features without a sync: the G-EED, consistency and the variances."""
+    """The callback's metrics take a chunk's features without a sync: G-EED, consistency, variances, fitted maps."""
     from lightning_invariance.callbacks._scores import LayerScores, ScoreOptions
 
     def syncs(num_chunks: int) -> list[str]:
@@ -136,22 +138,33 @@ def test_the_callbacks_layer_scores_do_not_synchronise_per_chunk(accelerator_pat
         layer_scores = {layer: LayerScores.create(layer, options, torch.device("cpu")) for layer in ("1", "output")}
         probe = Probe(_model(), group, layers=list(layer_scores), chunk_size=4 * 8)
         inputs = torch.randn(8 * num_chunks, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-        with SyncCounter() as counter:
-            probe.run(inputs, lambda name, features: layer_scores[name].update(features))
-        return counter.calls
+        inputs[3] = float("nan")  # counted on the device, not read back
+        calls = []
+        for phase in ("fit", "held out"):  # the fitted maps' two phases (the others see both alike)
+            with SyncCounter() as counter:
+                probe.run(inputs, lambda name, features: layer_scores[name].update(features))
+            calls += counter.calls
+            if phase == "fit":
+                for scores_of_layer in layer_scores.values():
+                    scores_of_layer.fit_linear_maps()
+        return calls
 
     assert syncs(12) == syncs(2) == []
 
 
-def test_fitting_linear_maps_reads_only_the_nan_check_per_update(accelerator_path) -> None:
-    """The fit sums stay decoded between updates (decoding a record reads its header back from the device)."""
-    fit = LinearMapFit(4)
+def test_fitting_linear_maps_updates_without_a_sync(accelerator_path) -> None:
+    """The fit sums stay decoded between updates, and samples with NaN/inf are left out of them on the device."""
+    fit = LinearMapFit(4, nan_strategy="skip")
     orbit = CyclicRotation(4).orbit(torch.randn(6, 2, 4, 4, generator=torch.Generator().manual_seed(2)))
     fit.update(orbit)
+    with_nan = orbit.clone()
+    with_nan[2, 1] = float("nan")
     with SyncCounter() as counter:
         for _ in range(5):
-            fit.update(orbit)
-    assert counter.calls == ["__bool__"] * 5  # one finite check per update: a map cannot be fitted to NaN
+            fit.update(with_nan)
+    assert counter.calls == []
+    summary = fit.compute_summary()
+    assert (int(summary["fit_samples"]), int(summary["num_skipped"])) == (6 + 5 * 5, 5)
 
 
 def test_the_lie_derivative_updates_without_a_sync(accelerator_path) -> None:
@@ -231,4 +244,15 @@ def test_a_matrix_action_copies_its_matrices_to_a_device_once() -> None:
     with _CopiesFromTheCpu() as copies:
         for k in range(4):
             action.act(features, k)
+    assert copies.count == 0
+
+
+def test_the_fitted_maps_copy_their_projection_to_a_device_once() -> None:
+    """Wide pooled features are projected by a matrix drawn on the CPU: copied to the device once, not per update."""
+    fit = LinearMapFit(4, max_features=8).to("meta")
+    orbit = torch.randn(4, 6, 3, 8, 8).to("meta")  # 3 x 2 x 2 = 12 pooled values, projected to 8
+    fit.update(orbit)
+    with _CopiesFromTheCpu() as copies:
+        for _ in range(3):
+            fit.update(orbit)
     assert copies.count == 0

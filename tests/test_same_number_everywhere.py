@@ -256,13 +256,6 @@ def test_complex_features_are_compared_as_real_vectors() -> None:
     assert float(invariance_deviation(features, normalize=True)) == pytest.approx(float(raw) / pair_mean, rel=1e-9)
 
 
-def test_nan_features_raise_instead_of_returning_nan() -> None:
-    features = torch.randn(4, 5, 3)
-    features[1, 2, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        LinearMapFit(4).update(features)
-
-
 def _non_finite_features() -> torch.Tensor:
     """Orbit features ``(4, 6, 3)`` whose samples 1 (a NaN) and 4 (an inf) are not finite."""
     features = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(0))
@@ -328,6 +321,37 @@ def test_the_lie_derivative_refuses_non_finite_values_at_compute() -> None:
     torch.testing.assert_close(skipping.compute(), finite.compute(), rtol=0.0, atol=0.0)
     relative = [float(derivatives[i].double().norm() / features[i].double().norm()) for i in kept]
     assert float(finite.compute()) == pytest.approx(sum(relative) / len(relative), rel=1e-6)
+
+
+def test_the_fitted_maps_refuse_non_finite_features_at_compute() -> None:
+    """Counted and left out of the sums on the device, refused by compute(); "skip" fits the finite samples alone."""
+    features = _non_finite_features()
+    refusing = LinearMapFit(4)
+    refusing.update(features[:, :3])
+    refusing.update(features[:, 3:])
+    with pytest.raises(ValueError, match="NaN or infinite values for 2 of 6 samples"):
+        refusing.compute()
+    summary = refusing.compute_summary()
+    assert (int(summary["fit_samples"]), int(summary["num_non_finite"]), int(summary["num_skipped"])) == (4, 2, 0)
+    assert bool(torch.isnan(summary["maps"]).all())
+    skipping, finite = LinearMapFit(4, nan_strategy="skip"), LinearMapFit(4)
+    skipping.update(features)
+    finite.update(features[:, [0, 2, 3, 5]])
+    with pytest.warns(UserWarning, match="left out 2 of 6 fitting samples"):
+        maps = skipping.compute()
+    torch.testing.assert_close(maps, finite.compute(), rtol=1e-12, atol=1e-12)
+    only_nan = LinearMapFit(4, nan_strategy="skip")
+    only_nan.update(features[:, [1, 4]])
+    with pytest.raises(ValueError, match="all 2 fitting samples held NaN or infinite values"):
+        only_nan.compute()
+    held_out = finite.held_out_metric()
+    summary = _summary_after_refusal(held_out, features)
+    assert all(math.isnan(float(summary[key])) for key in ("linear_geed", "invariance_geed", "pair_mean"))
+    skipping_held_out, finite_held_out = finite.held_out_metric(nan_strategy="skip"), finite.held_out_metric()
+    with pytest.warns(UserWarning, match="Skipping 2 of 6"):
+        skipping_held_out.update(features)
+    finite_held_out.update(features[:, [0, 2, 3, 5]])
+    torch.testing.assert_close(skipping_held_out.compute(), finite_held_out.compute(), rtol=0.0, atol=0.0)
 
 
 def test_prediction_consistency_accepts_the_nan_strategy_its_error_suggests() -> None:

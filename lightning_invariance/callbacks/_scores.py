@@ -10,7 +10,6 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_invariance.functional.deviation import finite_samples
 from lightning_invariance.groups.actions import RepresentationAction
 from lightning_invariance.metrics import (
     EquivarianceDeviation,
@@ -78,6 +77,8 @@ class LayerScores:
     linear: LinearEquivariance | None = None
     non_finite_policy: str = "nan"
     layer: str = OUTPUT
+    #: Every fitting input held NaN/inf: no map was fitted and the linear scores are NaN this time.
+    linear_unfitted: bool = False
 
     @classmethod
     def create(cls, layer: str, options: ScoreOptions, device: torch.device) -> LayerScores:
@@ -112,7 +113,8 @@ class LayerScores:
             deviation.to(device),
             PredictionConsistency(options.num_elements, nan_strategy=nan_strategy) if wants["consistency"] else None,
             NormalizedVariance(nan_strategy=nan_strategy) if wants["variance"] else None,
-            LinearMapFit(options.num_elements) if wants["linear"] else None,
+            # the maps are fitted on the finite samples (left out on the device); the layer is reported by policy
+            LinearMapFit(options.num_elements, nan_strategy="skip") if wants["linear"] else None,
             LieDerivative(normalize=True, nan_strategy=nan_strategy) if wants["lie"] else None,
             non_finite_policy=options.non_finite,
             layer=layer,
@@ -128,22 +130,16 @@ class LayerScores:
     def update(self, features: Tensor, labels: Tensor | None = None) -> None:
         """Add one chunk of orbit features (and its samples' labels when per-class scores are kept).
 
-        Every metric but the fitted maps counts the samples whose features hold NaN/inf on the device (or leaves them
-        out, under ``non_finite="skip"``), and :meth:`compute` reports the layer as NaN or raises, by policy; this
-        reads nothing back from the device except under ``"skip"`` and for the fitted maps, which get the finite
-        samples only (one host sync per chunk each).
+        Every metric counts the samples whose features hold NaN/inf on the device (or leaves them out, under
+        ``non_finite="skip"``; the maps are fitted on the finite samples), and :meth:`compute` reports the layer as
+        NaN or raises, by policy; this reads nothing back from the device except under ``"skip"``.
         """
         with warnings.catch_warnings():  # the callback warns once per layer instead of once per chunk
             warnings.simplefilter("ignore")
             self.deviation.update(features, labels)
-            for metric in (self.consistency, self.variance):
+            for metric in (self.consistency, self.variance, self.linear or self.linear_fit):
                 if metric is not None:
                     metric.update(features)
-        fitted = self.linear or self.linear_fit
-        if fitted is None:
-            return
-        keep = finite_samples(features)
-        fitted.update(features if bool(keep.all()) else features[:, keep])
 
     def update_lie(self, features: Tensor, derivatives: Tensor) -> None:
         """Add one chunk of representations and their Lie derivatives (NaN/inf counted, or skipped, by policy)."""
@@ -156,15 +152,21 @@ class LayerScores:
         """End the fitting phase of the linear maps: later chunks are held out.
 
         Without any fitting input (a cache of one input) the maps stay unfitted, with a warning, and the linear
-        scores are not logged this time. Under DDP every process needs inputs: the fit sums are reduced across
-        processes.
+        scores are not logged this time; when every fitting input held NaN/inf they are NaN (reported like the
+        layer's other scores). Under DDP every process needs inputs: the fit sums are reduced across processes.
         """
         if self.linear_fit is None:
             return
         if float(self.linear_fit.fit_samples) == 0 and not torch.distributed.is_initialized():
+            if float(self.linear_fit.num_non_finite) > 0:
+                self.linear_unfitted = True
+                return
             rank_zero_warn("InvarianceMonitor: no cached input is left to fit the linear maps; skipping linear_*.")
             return
-        self.linear = self.linear_fit.held_out_metric(normalize=True)
+        nan_strategy = "skip" if self.non_finite_policy == "skip" else "error"
+        with warnings.catch_warnings():  # inputs left out of the fit are the callback's one warning for the layer
+            warnings.simplefilter("ignore")
+            self.linear = self.linear_fit.held_out_metric(normalize=True, nan_strategy=nan_strategy)
 
     def compute(self) -> dict[str, Tensor]:
         """Every score (synchronised across processes), per-element and per-class values included, as tensors.
@@ -206,6 +208,9 @@ class LayerScores:
         if self.linear is not None:
             linear = self.linear.compute_summary()
             values |= {score: linear[key] for score, key in LINEAR_SCORES.items()}
+        elif self.linear_unfitted:
+            nan = torch.full((), float("nan"), dtype=torch.float64, device=summary["num_samples"].device)
+            values |= dict.fromkeys(LINEAR_SCORES, nan)
         if self.lie is not None:
             values["lie_derivative"] = self.lie.compute_summary()["lie_derivative"]
         return values
@@ -215,4 +220,4 @@ class LayerScores:
         self.deviation.reset()
         for metric in self._optional():
             metric.reset()
-        self.linear = None
+        self.linear, self.linear_unfitted = None, False

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_invariance.functional.deviation import NAN_STRATEGIES, drop_non_finite
+from lightning_invariance.functional.distances import check_choice
 from lightning_invariance.functional.normalizer import DEFAULT_NORMALIZER_WINDOW, window_pair_sums
 
 __all__ = ["fit_linear_maps", "linear_equivariance_deviation", "pooled_orbit"]
@@ -67,9 +69,17 @@ def _design(identity_features: Tensor) -> Tensor:
     return torch.cat([identity_features, identity_features.new_ones(identity_features.shape[0], 1)], dim=1)
 
 
-def _linear_fit_update(pooled: Tensor) -> tuple[Tensor, Tensor]:
-    """``X^T X`` ``(F+1, F+1)`` and ``X^T Y_g`` ``(|G|, F+1, F)`` of one batch of pooled orbit features."""
+def _linear_fit_update(pooled: Tensor, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``X^T X`` ``(F+1, F+1)`` and ``X^T Y_g`` ``(|G|, F+1, F)`` of one batch of pooled orbit features.
+
+    ``keep`` ``(N,)``: only these samples are summed (the others' rows are zeroed on the device, NaN included, so
+    the sums equal those of the kept samples alone without a data-dependent shape).
+    """
+    if keep is not None:
+        pooled = torch.where(keep.unsqueeze(-1), pooled, 0.0)
     design = _design(pooled[0])
+    if keep is not None:
+        design[:, -1] = keep
     return design.T @ design, torch.einsum("nf,gnd->gfd", design, pooled)
 
 
@@ -106,6 +116,7 @@ def linear_equivariance_deviation(
     max_features: int = 256,
     seed: int = 0,
     normalizer_window: int = DEFAULT_NORMALIZER_WINDOW,
+    nan_strategy: str = "error",
 ) -> Tensor:
     r"""Held-out G-EED of ``f(g.x)`` against the fitted ``M_g f(x)`` (Lenc & Vedaldi 2015).
 
@@ -126,6 +137,8 @@ def linear_equivariance_deviation(
         max_features: wider pooled features are projected to this many by a fixed Gaussian matrix.
         seed: seed of that projection.
         normalizer_window: the normaliser's pairs, as in :func:`~lightning_invariance.functional.invariance_deviation`.
+        nan_strategy: ``"error"`` on NaN/inf features (fitting or held out), or ``"skip"`` such samples with a
+            warning.
 
     Example:
         >>> import torch
@@ -135,8 +148,9 @@ def linear_equivariance_deviation(
         >>> bool(linear_equivariance_deviation(fit, held_out, ridge=1e-9, normalize=True) < 1e-6)
         True
     """
-    fit = pooled_orbit(fit_orbit_features, pool_size, max_features, seed)
-    held_out = pooled_orbit(eval_orbit_features, pool_size, max_features, seed)
+    check_choice("nan_strategy", nan_strategy, NAN_STRATEGIES)
+    fit, _, _ = drop_non_finite(pooled_orbit(fit_orbit_features, pool_size, max_features, seed), nan_strategy)
+    held_out, _, _ = drop_non_finite(pooled_orbit(eval_orbit_features, pool_size, max_features, seed), nan_strategy)
     xtx, xty = _linear_fit_update(fit)
     maps = fit_linear_maps(xtx, xty, fit.shape[1], ridge)
     distances, _ = _linear_evaluate(held_out, maps)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from lightning_invariance.functional.deviation import NAN_STRATEGIES, finite_samples, screen_non_finite
+from lightning_invariance.functional.distances import check_choice
 from lightning_invariance.functional.linear import (
     DEFAULT_RIDGE,
     _linear_evaluate,
@@ -17,7 +20,13 @@ from lightning_invariance.functional.linear import (
 from lightning_invariance.functional.normalizer import DEFAULT_NORMALIZER_WINDOW
 from lightning_invariance.groups.base import Group
 from lightning_invariance.metrics._base import SummaryMetric
-from lightning_invariance.metrics._checks import check_positive, warn_nan
+from lightning_invariance.metrics._checks import (
+    check_positive,
+    nan_except,
+    non_finite_counts,
+    refuses_non_finite,
+    warn_nan,
+)
 from lightning_invariance.metrics._normalizer import WindowNormalizer
 from lightning_invariance.metrics._records import FoldedRecords
 
@@ -46,7 +55,9 @@ class LinearMapFit(SummaryMetric):
 
     ``update`` accumulates the float64 sums ``X^T X`` and ``X^T Y_g`` of pooled features (``X = [f(x), 1]``,
     ``Y_g = f(g.x)``; see :mod:`lightning_invariance.functional.linear` for the pooling); ``compute`` reduces them
-    across processes and solves the ridge regressions. Measure the maps on held-out data with
+    across processes and solves the ridge regressions. Samples whose features hold NaN/inf are left out of the sums
+    on the device and counted (``update`` reads nothing back from it); ``nan_strategy`` says what ``compute`` does
+    about them. Measure the maps on held-out data with
     :meth:`held_out_metric` (a :class:`LinearEquivariance`). The width of the sums is set by the first batch;
     TorchMetrics merges them as records (see ``metrics/_records.py``), so a process that saw nothing is fine.
 
@@ -55,13 +66,16 @@ class LinearMapFit(SummaryMetric):
 
     As output of ``compute``:
         - the maps ``(|G|, F+1, F)`` (float64): ``f(g.x) ~ [f(x), 1] @ maps[g]``. :meth:`compute_summary` adds
-          ``fit_samples``.
+          ``fit_samples`` (the samples the maps were fitted on), ``num_skipped`` and ``num_non_finite``.
 
     Args:
         num_elements: ``|G|``, or the group.
         ridge: penalty relative to the mean squared feature value.
         pool_size, max_features, seed: how features are made small, as in
             :func:`~lightning_invariance.functional.linear_equivariance_deviation`.
+        nan_strategy: ``"error"`` (the default): :meth:`compute` raises when any sample's features held NaN/inf
+            (:meth:`compute_summary` gives NaN maps and the count); ``"skip"``: the maps are fitted on the other
+            samples, and :meth:`compute` warns how many were left out.
         kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example:
@@ -83,6 +97,7 @@ class LinearMapFit(SummaryMetric):
     #: ``X^T X`` and ``X^T Y`` summed over the fitting samples, decoded between updates.
     sums = FoldedRecords(_add_sums)
     fit_samples: Tensor
+    num_non_finite: Tensor
 
     def __init__(
         self,
@@ -91,6 +106,7 @@ class LinearMapFit(SummaryMetric):
         pool_size: int = 2,
         max_features: int = 256,
         seed: int = 0,
+        nan_strategy: str = "error",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -99,32 +115,62 @@ class LinearMapFit(SummaryMetric):
         _check_pooling(pool_size, max_features, seed)
         if not isinstance(ridge, (int, float)) or isinstance(ridge, bool) or ridge < 0:
             raise ValueError(f"Expected argument `ridge` to be a non-negative float, but got {ridge!r}.")
-        self.num_elements, self.ridge = num_elements, float(ridge)
+        check_choice("nan_strategy", nan_strategy, NAN_STRATEGIES)
+        self.num_elements, self.ridge, self.nan_strategy = num_elements, float(ridge), nan_strategy
         self.pool_size, self.max_features, self.seed = pool_size, max_features, seed
         self.add_state("sums", [], dist_reduce_fx="cat")
         self.add_state("fit_samples", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("num_non_finite", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, orbit_features: Tensor) -> None:
-        """Add a fitting batch of orbit features ``(|G|, N, ...)``."""
-        pooled = _pooled(orbit_features, self.num_elements, self.pool_size, self.max_features, self.seed)
-        if pooled.shape[1] == 0:
+        """Add a fitting batch of orbit features ``(|G|, N, ...)``; samples holding NaN/inf are counted, not fitted."""
+        _check_orbit(orbit_features, self.num_elements)
+        if orbit_features.shape[1] == 0:
             return
-        type(self).sums.add(self, _linear_fit_update(pooled), self.fit_samples.device)
-        self.fit_samples.add_(pooled.shape[1])
+        finite = finite_samples(orbit_features)  # on the device: the sums leave the other samples out by selection
+        pooled = pooled_orbit(orbit_features, self.pool_size, self.max_features, self.seed)
+        type(self).sums.add(self, _linear_fit_update(pooled, finite), self.fit_samples.device)
+        num_finite = finite.sum().to(self.fit_samples.device)
+        self.fit_samples.add_(num_finite)
+        self.num_non_finite.add_(finite.numel() - num_finite)
 
     def held_out_metric(self, **kwargs: Any) -> LinearEquivariance:
-        """A :class:`LinearEquivariance` measuring the fitted maps (pooled alike); ``kwargs`` go to it."""
+        """A :class:`LinearEquivariance` measuring the fitted maps, pooled alike; ``kwargs`` go to it.
+
+        It takes this metric's ``nan_strategy`` unless ``kwargs`` give one.
+        """
+        kwargs = {"nan_strategy": self.nan_strategy} | kwargs
         return LinearEquivariance(
             self.compute(), pool_size=self.pool_size, max_features=self.max_features, seed=self.seed, **kwargs
         ).to(self.fit_samples.device)
 
     def _summary(self, warn: bool) -> dict[str, Tensor]:
+        seen = self.fit_samples + self.num_non_finite
+        refused = refuses_non_finite(self.nan_strategy, self.num_non_finite, seen, raise_error=warn)
         sums = type(self).sums.folded(self)
         if sums is None:
             raise ValueError(
                 "Cannot fit the linear maps: no fitting samples were seen. Update the metric before compute()."
             )
-        return {"maps": fit_linear_maps(*sums, float(self.fit_samples), self.ridge), "fit_samples": self.fit_samples}
+        unfitted = float(self.fit_samples) == 0  # every sample seen held NaN/inf (and was left out)
+        if warn and unfitted:
+            raise ValueError(
+                f"Cannot fit the linear maps: all {int(seen)} fitting samples held NaN or infinite values. Fix the "
+                "model or inputs, or measure a layer whose values are finite."
+            )
+        if warn and self.nan_strategy == "skip" and float(self.num_non_finite) > 0:
+            warnings.warn(
+                f"LinearMapFit left out {int(self.num_non_finite)} of {int(seen)} fitting samples whose features are "
+                "NaN or infinite.",
+                stacklevel=3,
+            )
+        xtx, xty = sums
+        if unfitted or refused:  # no finite sample, or NaN/inf features refused: no map stands for the data given
+            maps = torch.full_like(xty, float("nan"))
+        else:
+            maps = fit_linear_maps(xtx, xty, float(self.fit_samples), self.ridge)
+        counts = {"fit_samples": self.fit_samples.clone()} | non_finite_counts(self.nan_strategy, self.num_non_finite)
+        return {"maps": maps} | counts
 
 
 class LinearEquivariance(SummaryMetric, WindowNormalizer):
@@ -141,13 +187,17 @@ class LinearEquivariance(SummaryMetric, WindowNormalizer):
         - the held-out fitted G-EED, divided with ``normalize=True`` by the mean distance between different held-out
           inputs' pooled features (pairs as in :class:`InvarianceDeviation`). :meth:`compute_summary` returns
           ``linear_geed``, ``linear_geed_normalized``, ``invariance_geed``, ``invariance_geed_normalized``,
-          ``per_element_linear``, ``per_element_invariance``, ``pair_mean`` and ``num_samples``.
+          ``per_element_linear``, ``per_element_invariance``, ``pair_mean``, ``num_samples``, ``num_skipped`` and
+          ``num_non_finite``.
 
     Args:
         maps: ``(|G|, F+1, F)`` fitted maps (from :class:`LinearMapFit`); kept as a buffer (in ``state_dict``).
         normalize: make :meth:`compute` return the normalised score.
         pool_size, max_features, seed: the pooling the maps were fitted on.
         normalizer_window: the normaliser's pairs, as in :class:`InvarianceDeviation`.
+        nan_strategy: ``"error"`` (the default): samples whose features hold NaN/inf are counted on the device (no
+            host sync), and :meth:`compute` raises when there were any (:meth:`compute_summary` gives NaN scores and
+            the count); ``"skip"``: they are left out with a warning (one host sync per update).
         kwargs: passed to :class:`torchmetrics.Metric`.
     """
 
@@ -158,6 +208,7 @@ class LinearEquivariance(SummaryMetric, WindowNormalizer):
     linear_sum: Tensor
     invariance_sum: Tensor
     num_samples: Tensor
+    num_non_finite: Tensor
     pair_sum: Tensor
     pair_count: Tensor
 
@@ -169,6 +220,7 @@ class LinearEquivariance(SummaryMetric, WindowNormalizer):
         max_features: int = 256,
         seed: int = 0,
         normalizer_window: int = DEFAULT_NORMALIZER_WINDOW,
+        nan_strategy: str = "error",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -176,7 +228,8 @@ class LinearEquivariance(SummaryMetric, WindowNormalizer):
             shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
             raise ValueError(f"Expected `maps` of shape (|G|, F+1, F) from LinearMapFit, but got {shape}.")
         _check_pooling(pool_size, max_features, seed)
-        self.normalize, self.normalizer_window = bool(normalize), normalizer_window
+        check_choice("nan_strategy", nan_strategy, NAN_STRATEGIES)
+        self.normalize, self.normalizer_window, self.nan_strategy = bool(normalize), normalizer_window, nan_strategy
         self.pool_size, self.max_features, self.seed = pool_size, max_features, seed
         self.num_elements = maps.shape[0]
         self._compute_key = "linear_geed_normalized" if self.normalize else "linear_geed"
@@ -185,12 +238,15 @@ class LinearEquivariance(SummaryMetric, WindowNormalizer):
         self.add_state("linear_sum", torch.zeros(self.num_elements, dtype=f64), dist_reduce_fx="sum")
         self.add_state("invariance_sum", torch.zeros(self.num_elements, dtype=f64), dist_reduce_fx="sum")
         self.add_state("num_samples", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        self.add_state("num_non_finite", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self._add_normalizer_states("euclidean", normalizer_window)
 
     def update(self, orbit_features: Tensor) -> None:
         """Add a held-out batch of orbit features ``(|G|, N, ...)``."""
-        pooled = _pooled(orbit_features, self.num_elements, self.pool_size, self.max_features, self.seed)
-        pooled = pooled.to(self.maps.device)
+        _check_orbit(orbit_features, self.num_elements)
+        orbit_features, non_finite = screen_non_finite(orbit_features, self.nan_strategy)
+        self.num_non_finite.add_(non_finite.to(self.maps.device) if isinstance(non_finite, Tensor) else non_finite)
+        pooled = pooled_orbit(orbit_features, self.pool_size, self.max_features, self.seed).to(self.maps.device)
         if pooled.shape[2] + 1 != self.maps.shape[1]:
             raise ValueError(
                 f"The held-out features have {pooled.shape[2]} pooled values but the maps were fitted on "
@@ -206,13 +262,14 @@ class LinearEquivariance(SummaryMetric, WindowNormalizer):
 
     def _summary(self, warn: bool) -> dict[str, Tensor]:
         n = self.num_samples
+        refused = refuses_non_finite(self.nan_strategy, self.num_non_finite, n, raise_error=warn)
         if warn and float(n) == 0:
             warn_nan("LinearEquivariance has seen no held-out sample: its value is NaN.")
         pair_mean = self._normalizer_mean()
         if warn and self.normalize and float(n) > 0 and bool(torch.isnan(pair_mean)):
             warn_nan("The normalised LinearEquivariance needs two or more held-out samples: its value is NaN.")
         linear, invariance = self.linear_sum / n, self.invariance_sum / n
-        return {
+        summary = {
             "linear_geed": linear.mean(),
             "linear_geed_normalized": linear.mean() / pair_mean,
             "invariance_geed": invariance.mean(),
@@ -220,20 +277,15 @@ class LinearEquivariance(SummaryMetric, WindowNormalizer):
             "per_element_linear": linear,
             "per_element_invariance": invariance,
             "pair_mean": pair_mean,
-            "num_samples": n.clone(),
         }
+        if refused:  # distances and pairs mix in NaN/inf: none is a number (the counts stay)
+            summary = nan_except(summary, ())
+        return summary | {"num_samples": n.clone()} | non_finite_counts(self.nan_strategy, self.num_non_finite)
 
 
-def _pooled(orbit_features: Tensor, num_elements: int, pool_size: int, max_features: int, seed: int) -> Tensor:
+def _check_orbit(orbit_features: Tensor, num_elements: int) -> None:
     if not isinstance(orbit_features, Tensor) or orbit_features.ndim < 2 or orbit_features.shape[0] != num_elements:
         shape = tuple(orbit_features.shape) if isinstance(orbit_features, Tensor) else type(orbit_features).__name__
         raise ValueError(
             f"Expected `orbit_features` of shape ({num_elements}, N, ...) (num_elements on axis 0), but got {shape}."
         )
-    pooled = pooled_orbit(orbit_features, pool_size, max_features, seed)
-    if not bool(torch.isfinite(pooled).all()):
-        raise ValueError(
-            "The orbit features hold NaN or infinite values, so no linear map can be fitted or measured: fix the "
-            "model or inputs (or measure a layer whose values are finite)."
-        )
-    return pooled
