@@ -5,6 +5,11 @@ device has computed it. On the CPU that costs nothing, and branching saves work 
 needed). On an accelerator it stalls the queue of kernels, so the hot path computes the fallback for every row and
 selects on the device instead; both give the same values.
 
+The same split sets how much one operation of the hot path covers (:func:`block_values`): on the CPU, cache-sized
+blocks of samples (large fresh temporaries cost more in page faults than in arithmetic); on accelerators, as few
+operations as possible (each is a kernel launch the host issues, which for a small layer costs more than its
+arithmetic).
+
 Copying a CPU tensor to an accelerator makes the host wait too (a copy from pageable memory synchronises the stream),
 so the constants that groups and actions apply in every chunk (permutation tables, affine and rotation matrices)
 are copied to a device once and reused: :func:`constant_on`.
@@ -17,15 +22,22 @@ import weakref
 import torch
 from torch import Tensor
 
-__all__ = ["HOST_BRANCH_DEVICES", "branches_on_host", "constant_on"]
+__all__ = ["HOST_BRANCH_DEVICES", "block_values", "branches_on_host", "constant_on"]
 
 #: Device types on which the hot path may read tensor values on the host to branch.
 HOST_BRANCH_DEVICES = frozenset({"cpu"})
+#: The most values one operation of the hot path covers: on those devices, and on the others.
+HOST_BLOCK_VALUES, ACCELERATOR_BLOCK_VALUES = 1 << 20, 1 << 26
 
 
 def branches_on_host(device: torch.device) -> bool:
     """Whether code running on ``device`` may branch on a tensor's value (a host sync) rather than select on it."""
     return device.type in HOST_BRANCH_DEVICES
+
+
+def block_values(device: torch.device) -> int:
+    """How many values one operation of the hot path covers at most on ``device`` (larger inputs go in blocks)."""
+    return HOST_BLOCK_VALUES if branches_on_host(device) else ACCELERATOR_BLOCK_VALUES
 
 
 #: Copies made by :func:`constant_on`, by the ``id`` of the constant they copy (dropped with it).

@@ -19,6 +19,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("measures_overhead.py", "measure / floor"),
         ("early_layers.py", "early / with output"),
         ("device_check.py", "syncs while updating"),
+        ("kernel_counts.py", "Operations per update"),
     ],
 )
 def test_benchmark_script_runs(script, expected):

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from lightning_invariance._sync import block_values
 from lightning_invariance.functional.distances import (
     DISTANCES,
     REFERENCES,
@@ -32,8 +33,6 @@ __all__ = [
 ]
 
 NAN_STRATEGIES = ("error", "skip")
-#: Orbits of more values than this are compared in blocks of samples of about this many values.
-BLOCK_VALUES = 1 << 20
 
 
 def _check_orbit(orbit_features: Tensor, num_elements: int | None) -> None:
@@ -153,8 +152,9 @@ def _deviation_update(
             orbit, num_skipped, kept = drop_non_finite(orbit, nan_strategy)
         distances, space = _distances(orbit, distance, reference, apply_softmax, action, masks)
         # a NaN or inf feature makes its sample's distances non-finite: only then look at every feature value
-        if not class_scores and nan_strategy == "count":
-            non_finite = (~torch.isfinite(distances).all(dim=0)).sum()
+        if not class_scores and nan_strategy == "count":  # distances are >= 0: a sum is finite iff each term is
+            sample_sums = distances.sum(dim=0)
+            non_finite = torch.isnan(sample_sums - sample_sums).sum()  # x - x: NaN iff x is NaN or inf
         elif not class_scores and not bool(torch.isfinite(distances).all()):
             orbit, num_skipped, kept = drop_non_finite(orbit, nan_strategy)
             if num_skipped:
@@ -209,14 +209,15 @@ def _distances(
 ) -> tuple[Tensor, Tensor]:
     """``(|G|, N)`` distances to the reference (or to the action's image of ``f(x)``), and the distance space.
 
-    Large orbits go in blocks of samples: each block's reference and distances are computed together, so no
-    temporary is larger than a block (big fresh temporaries cost more in page faults than in arithmetic on CPU).
+    Large orbits go in blocks of samples of :func:`~lightning_invariance._sync.block_values` values: each block's
+    reference and distances are computed together, so no temporary is larger than a block.
     """
     space = to_distance_space(orbit, distance, apply_softmax)
     equivariant = action is not None and not action.trivial
     num_elements, num_samples = space.shape[:2]
     per_sample = max(1, space[0, :1].numel()) * num_elements
-    block = max(1, num_samples if space.numel() <= BLOCK_VALUES else BLOCK_VALUES // per_sample)
+    limit = block_values(space.device)
+    block = max(1, num_samples if space.numel() <= limit else limit // per_sample)
     rows = []
     for start in range(0, num_samples, block):
         part = space[:, start : start + block]

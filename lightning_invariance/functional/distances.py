@@ -27,6 +27,7 @@ __all__ = [
 DISTANCES = ("euclidean", "cosine", "kl", "discrete")
 #: Float32 norms below this may have lost squares to underflow; they are recomputed with float64 squares.
 _DOUBTFUL_NORM = 2.0**-60
+_LARGEST_FLOAT64 = torch.finfo(torch.float64).max
 REFERENCES = ("centroid", "identity")
 
 
@@ -140,7 +141,7 @@ def power_of_two_scale(largest: Tensor) -> Tensor:
     Multiplying by a power of two is exact, so scaled values compare, sum and square as the originals would, without
     overflow (float32 features of 1e20) or underflow.
     """
-    usable = torch.isfinite(largest) & (largest > 0)
+    usable = (largest > 0) & (largest < math.inf)  # False for NaN too (torch.isfinite is four kernels)
     exponent = torch.frexp(torch.where(usable, largest, torch.ones_like(largest))).exponent
     limit = 120 if largest.dtype == torch.float32 else 1000
     return torch.exp2(-exponent.clamp(-limit, limit).to(largest.dtype))
@@ -170,7 +171,7 @@ def _float_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
         if difference.dtype == torch.float64:
             return norm
         # float32 squares overflow beyond ~1e19 and vanish below ~1e-19: such rows again with float64 squares
-        doubtful = ~torch.isfinite(norm) | (norm < _DOUBTFUL_NORM)
+        doubtful = norm.clamp(_DOUBTFUL_NORM, _LARGEST_FLOAT64) != norm  # NaN, inf or tiny (two kernels, not seven)
         if not branches_on_host(difference.device):  # select on the device: no host sync
             return torch.where(doubtful, torch.linalg.vector_norm(difference, dim=-1, dtype=torch.float64), norm)
         if bool(doubtful.any()):

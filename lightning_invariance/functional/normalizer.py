@@ -15,6 +15,11 @@ labels. Each row is prepared once (:class:`PreparedRows`: scaled by its own powe
 and pair distances come from Gram matrices of blocks of ``window`` rows, in float32 (float64 for float64 features
 and for ``kl``), with autocast off and the scales applied in float64, so no square overflows; sums are float64. A
 segment carries its tail's prepared form, so a stream prepares each row once.
+
+Every row's partners lie in its own block of ``window`` rows or in the block before, so new rows are paired in one
+batched pass: two batched Gram products (each block with itself, and with the block before) and two masked sums,
+whatever the number of rows (in pieces of :data:`PAIRING_ROWS`). On a GPU each operation is a kernel launch the host
+issues, so their number, not their size, is what a small layer's pairing costs there.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ __all__ = ["DEFAULT_NORMALIZER_WINDOW", "Segment", "extend_segment", "join_segme
 
 #: Each sample is paired with this many samples before it, minus one (63 pairs a sample, both orders counted).
 DEFAULT_NORMALIZER_WINDOW = 64
+#: New rows are paired in pieces of at most this many (bounds the batched Gram products and the cached masks).
+PAIRING_ROWS = 1 << 10
 
 
 class PreparedRows:
@@ -63,11 +70,12 @@ class PreparedRows:
             floored = log_probs.clamp_min(torch.finfo(torch.float64).min)
             return cls(distance, {"probs": probs, "floored": floored, "entropy": entropy})
         rows = rows.to(torch.float64 if rows.dtype == torch.float64 else torch.float32)
-        if distance == "euclidean":
+        if distance == "euclidean":  # the scales are powers of two: every product with them below is exact
             scale = power_of_two_scale(largest_magnitude(rows))
             scaled = rows * scale
-            squares = (scaled * scaled).sum(-1).to(torch.float64)
-            return cls(distance, {"rows": scaled, "squares": squares, "unscale": 1.0 / scale.squeeze(-1).double()})
+            unscale = 1.0 / scale.squeeze(-1).double()
+            squares = (scaled * scaled).sum(-1).to(torch.float64) * unscale * unscale
+            return cls(distance, {"rows": scaled, "squares": squares, "unscale": unscale})
         if distance == "cosine":
             return cls(distance, {"rows": unit_rows(rows), "zero": (rows == 0).all(-1)})
         raise ValueError(f"Expected argument `distance` to be one of {DISTANCES} but got {distance!r}.")
@@ -77,6 +85,21 @@ class PreparedRows:
 
     def __getitem__(self, rows: slice) -> PreparedRows:
         return PreparedRows(self.distance, {name: part[rows] for name, part in self.parts.items()})
+
+    def blocks(self, size: int) -> PreparedRows:
+        """The rows (a multiple of ``size``) as ``(len // size, size, ...)`` blocks, for batched pair matrices."""
+        return PreparedRows(self.distance, {name: part.unflatten(0, (-1, size)) for name, part in self.parts.items()})
+
+    @staticmethod
+    def stream(first: PreparedRows, second: PreparedRows, length: int) -> PreparedRows:
+        """``first``'s rows, then ``second``'s, then zero rows up to ``length`` rows, in one new set of rows."""
+        parts, padding = {}, length - len(first) - len(second)
+        for name, part in second.parts.items():
+            pieces = [first.parts[name].to(part.device), part]
+            if padding:
+                pieces.append(part.new_zeros((padding, *part.shape[1:])))
+            parts[name] = torch.cat(pieces)
+        return PreparedRows(second.distance, parts)
 
     def cat(self, other: PreparedRows) -> PreparedRows:
         """These rows followed by ``other``'s."""
@@ -89,20 +112,19 @@ class PreparedRows:
         )
 
     def pair_matrix(self, other: PreparedRows) -> Tensor:
-        """``(len(self), len(other))`` float64 matrix of ``m(a_i, b_j) + m(b_j, a_i)``."""
+        """``(..., len(self), len(other))`` float64 matrix of ``m(a_i, b_j) + m(b_j, a_i)``, batched over blocks."""
         a, b = self.parts, other.parts
         if self.distance == "discrete":
-            return 2.0 * (a["labels"].unsqueeze(1) != b["labels"].unsqueeze(0)).to(torch.float64)
+            return 2.0 * (a["labels"].unsqueeze(-1) != b["labels"].unsqueeze(-2)).to(torch.float64)
         if self.distance == "kl":  # sum_c (p_ic - p_jc)(log p_ic - log p_jc), 0 log 0 = 0, KL = inf off-support
-            cross = a["probs"] @ b["floored"].T + (b["probs"] @ a["floored"].T).T
-            return (a["entropy"].unsqueeze(1) + b["entropy"].unsqueeze(0) - cross).clamp_min(0.0)
-        gram = (a["rows"] @ b["rows"].T).to(torch.float64)
+            cross = a["probs"] @ b["floored"].mT + (b["probs"] @ a["floored"].mT).mT
+            return (a["entropy"].unsqueeze(-1) + b["entropy"].unsqueeze(-2) - cross).clamp_min(0.0)
+        gram = (a["rows"] @ b["rows"].mT).to(torch.float64)
         if self.distance == "euclidean":  # |x_i - x_j|^2 from the scaled rows, the scales applied in float64
-            ua, ub = a["unscale"].unsqueeze(1), b["unscale"].unsqueeze(0)
-            squared = a["squares"].unsqueeze(1) * ua * ua + b["squares"].unsqueeze(0) * ub * ub
-            squared = squared - 2.0 * gram * ua * ub
+            squared = a["squares"].unsqueeze(-1) + b["squares"].unsqueeze(-2)
+            squared = squared - 2.0 * gram * a["unscale"].unsqueeze(-1) * b["unscale"].unsqueeze(-2)
             return 2.0 * squared.clamp_min(0.0).sqrt()
-        both_zero = a["zero"].unsqueeze(1) & b["zero"].unsqueeze(0)
+        both_zero = a["zero"].unsqueeze(-1) & b["zero"].unsqueeze(-2)
         return 2.0 * torch.where(both_zero, 0.0, 1.0 - gram.clamp(-1.0, 1.0))
 
 
@@ -161,36 +183,59 @@ def _cat(first: Tensor, second: Tensor) -> Tensor:
 def _banded_sums(old: PreparedRows, new: PreparedRows, window: int, cross_only: bool) -> tuple[Tensor, int]:
     """Pairs ``(i, j)`` of ``[old; new]`` with ``j`` in ``new``, ``0 < j - i < window`` (``i`` in ``old`` if told).
 
-    Processed in blocks of ``window`` rows of ``new``, each against its partners only (those in ``old`` and those in
-    ``new`` separately, so no rows are copied), so no matrix is larger than ``window x 2 window``.
+    ``old`` holds fewer than ``window`` rows. New rows go in pieces of :data:`PAIRING_ROWS`, each after the
+    ``window - 1`` rows before it (its only possible partners outside it).
     """
-    t, n = len(old), len(new)
     first = next(iter(new.parts.values()))
-    total = torch.zeros((), dtype=torch.float64, device=first.device)
-    count = 0
-    for start in range(t, t + n, window):
-        stop = min(start + window, t + n)
-        low = max(0, start - window + 1)
-        high = min(stop, t) if cross_only else stop
-        block = new[start - t : stop - t]
-        for rows, offset in ((old, 0), (new, t)):  # the partners in old, then those in new
-            begin, end = max(low, offset), min(high, offset + len(rows))
-            if end <= begin:
-                continue
-            in_band, pairs = _band(start - begin, stop - start, end - begin, window, first.device)
-            matrix = block.pair_matrix(rows[begin - offset : end - offset])
-            total = total + torch.where(in_band, matrix, 0.0).sum()
-            count += pairs
-    return total, 2 * count
+    total, count = None, 0
+    piece = max(PAIRING_ROWS, window)  # so a piece after the first is preceded by new rows only
+    for start in range(0, len(new), piece):
+        if start and cross_only:  # rows this far into new have no partner in old
+            break
+        before = old if start == 0 else new[start - window + 1 : start]
+        piece_total, piece_count = _piece_sums(before, new[start : start + piece], window, cross_only)
+        total, count = piece_total if total is None else total + piece_total, count + piece_count
+    if total is None:
+        total = torch.zeros((), dtype=torch.float64, device=first.device)
+    return total, count
+
+
+def _piece_sums(before: PreparedRows, rows: PreparedRows, window: int, cross_only: bool) -> tuple[Tensor, int]:
+    """The pairs of :func:`_banded_sums` for ``rows`` after ``before``, in one batched pass.
+
+    ``[before; rows]`` is cut into blocks of ``window`` rows (zero rows pad the last). A row's partners (fewer than
+    ``window`` rows before it) lie in its own block or the one before, so two batched pair matrices hold every pair:
+    each block with itself, and each block with the block before; cached masks keep the pairs asked for.
+    """
+    length = len(before) + len(rows)
+    blocks = PreparedRows.stream(before, rows, -(-length // window) * window).blocks(window)
+    device = next(iter(rows.parts.values())).device
+    same, previous, count = _band_masks(len(before), len(rows), window, cross_only, device)
+    total = torch.where(same, blocks.pair_matrix(blocks), 0.0).sum()
+    if previous.shape[0]:
+        total = total + torch.where(previous, blocks[1:].pair_matrix(blocks[:-1]), 0.0).sum()
+    return total, count
 
 
 @functools.lru_cache(maxsize=64)
-def _band(offset: int, rows: int, columns: int, window: int, device: torch.device) -> tuple[Tensor, int]:
-    """Which ``(j, i)`` of a ``rows x columns`` block are pairs (``0 < j - i < window``), and how many.
+def _band_masks(
+    num_before: int, num_rows: int, window: int, cross_only: bool, device: torch.device
+) -> tuple[Tensor, Tensor, int]:
+    """Which entries of :func:`_piece_sums`' pair matrices are pairs, and how many ordered pairs they hold.
 
-    ``j`` counts from ``offset`` columns on. The same blocks recur all along a stream, so each is built once.
+    ``(blocks, window, window)``: row ``j`` of each block (a row of ``rows``) against column ``i`` of the same block
+    (``i < j``), and ``(blocks - 1, window, window)`` against column ``i`` of the block before (``j - i < window``),
+    ``i`` in ``before`` only if ``cross_only``. The same pieces recur all along a stream, so each is built once and
+    copied to the device once.
     """
-    j = torch.arange(offset, offset + rows).unsqueeze(1)
-    i = torch.arange(columns).unsqueeze(0)
-    in_band = (i < j) & (j - i < window)
-    return in_band.to(device), int(in_band.sum())
+    length = num_before + num_rows
+    position = torch.arange(-(-length // window) * window).view(-1, window)  # (blocks, window)
+    is_new = (position >= num_before) & (position < length)
+    j, i_same = position.unsqueeze(-1), position.unsqueeze(-2)
+    same = is_new.unsqueeze(-1) & (i_same < j)
+    i_previous = i_same[:-1]
+    previous = is_new[1:].unsqueeze(-1) & (j[1:] - i_previous < window)
+    if cross_only:
+        same, previous = same & (i_same < num_before), previous & (i_previous < num_before)
+    count = 2 * int(same.sum() + previous.sum())  # both orders of each pair
+    return same.to(device), previous.to(device), count

@@ -1,0 +1,88 @@
+"""Operations per metric update: on a GPU each is a kernel launch, which for a small layer costs more than its work.
+
+A GPU runs a small layer's mean, difference and norm in microseconds, while issuing each operation costs the host
+several microseconds; when the metrics issue hundreds of operations per chunk, the host falls behind the device and
+the measurement costs many times the forward passes (issue 11: a small CNN's layers at 6x the floor on an H200). This
+script counts, on any machine, the ATen operations that compute something (views and metadata left out) in one
+``update`` of the default G-EED metric (normalised), taking the accelerators' path (no branching on values on the
+host; a GPU's block sizes); ``--device`` runs it on that device instead of emulating it. The counts do not depend on
+the machine: they are what the code issues.
+
+    python benchmarks/kernel_counts.py [--quick] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from lightning_invariance import InvarianceDeviation, _sync
+from lightning_invariance.metrics import LinearMapFit, NormalizedVariance
+
+from _common import table
+
+#: Operations that only make a new view of the same memory (no kernel).
+VIEWS = frozenset({
+    "alias", "as_strided", "detach", "expand", "permute", "reshape", "select", "slice", "split", "squeeze", "t",
+    "transpose", "unbind", "unflatten", "unsqueeze", "view", "_unsafe_view", "_reshape_alias",
+})  # fmt: skip
+
+
+class KernelCounter(TorchDispatchMode):
+    """Counts the ATen operations that compute or copy (each is at least one kernel launch on a GPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name not in VIEWS:
+            self.counts[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def operations_per_update(metric, features: torch.Tensor) -> Counter[str]:
+    """Operations in the third ``update`` of ``features`` (the first two fill the normaliser's boundary rows)."""
+    metric.update(features)
+    metric.update(features)
+    with KernelCounter() as counter:
+        metric.update(features)
+    return counter.counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
+    parser.add_argument("--device", default=None, help="run on this device (default: emulate an accelerator on CPU)")
+    args = parser.parse_args()
+    device = torch.device(args.device or "cpu")
+    if args.device is None:
+        _sync.HOST_BRANCH_DEVICES = frozenset()  # the accelerators' path, taken on the CPU
+    samples = (16, 32) if args.quick else (32, 256, 1024)
+    cases = [("class scores", (10,)), ("pooled features", (512,)), ("feature map 32x16x16", (32, 16, 16))]
+    metrics = {
+        "G-EED (normalised)": lambda: InvarianceDeviation(8, normalize=True),
+        "normalised variance": NormalizedVariance,
+        "fitted maps (fit)": lambda: LinearMapFit(8),
+    }
+    rows = []
+    for metric_name, build in metrics.items():
+        for case, shape in cases:
+            counts = []
+            for n in samples:
+                features = torch.randn(8, n, *shape, generator=torch.Generator().manual_seed(0)).to(device)
+                counts.append(operations_per_update(build().to(device), features))
+            top = ", ".join(f"{name} {count}" for name, count in counts[-1].most_common(4))
+            rows.append([metric_name, case, *[sum(c.values()) for c in counts], top])
+    path = "emulated accelerator path on the CPU" if args.device is None else str(device)
+    print(f"Operations per update, |G| = 8 ({path}, torch {torch.__version__})")
+    headers = ["metric", "layer", *[f"N = {n}" for n in samples], f"most frequent at N = {samples[-1]}"]
+    print(table(headers, rows))
+
+
+if __name__ == "__main__":
+    main()
