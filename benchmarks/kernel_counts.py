@@ -6,7 +6,9 @@ the measurement costs many times the forward passes (issue 11: a small CNN's lay
 script counts, on any machine, the ATen operations that compute something (views and metadata left out) in one
 ``update`` of the default G-EED metric (normalised), taking the accelerators' path (no branching on values on the
 host; a GPU's block sizes); ``--device`` runs it on that device instead of emulating it. The counts do not depend on
-the machine: they are what the code issues.
+the machine: they are what the code issues. A second table counts the operations per chunk of a whole probe pass
+(the small CNN and the ResNet-18 layout with 4 layers, D4, the accelerators' chunk of 2048 inputs) against the bare
+forward passes of the same chunks.
 
     python benchmarks/kernel_counts.py [--quick] [--device cuda]
 """
@@ -19,10 +21,12 @@ from collections import Counter
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lightning_invariance import InvarianceDeviation, _sync
+from lightning_invariance import InvarianceDeviation, Probe, _sync
+from lightning_invariance._layers import ACCELERATOR_CHUNK_SIZE
+from lightning_invariance.groups import Dihedral
 from lightning_invariance.metrics import LinearMapFit, NormalizedVariance
 
-from _common import table
+from _common import resnet18, small_cnn, table
 
 #: Operations that only make a new view of the same memory (no kernel).
 VIEWS = frozenset({
@@ -54,6 +58,22 @@ def operations_per_update(metric, features: torch.Tensor) -> Counter[str]:
     return counter.counts
 
 
+def probe_operations(model: torch.nn.Module, inputs: torch.Tensor, layers: list[str]) -> tuple[float, float]:
+    """Operations per chunk: the bare orbit forward passes, and a probe pass with the G-EED of every layer."""
+    group = Dihedral(4)
+    per_chunk = ACCELERATOR_CHUNK_SIZE // len(group)
+    chunks = range(0, len(inputs), per_chunk)
+    probe = Probe(model, group, layers=layers, chunk_size=ACCELERATOR_CHUNK_SIZE)
+    metrics = {layer: InvarianceDeviation(group, normalize=True).to(inputs.device) for layer in layers}
+    probe.update(inputs[:per_chunk], metrics)  # the first chunk checks every layer runs; later ones stop early
+    with KernelCounter() as floor, torch.no_grad():
+        for start in chunks:
+            model(group.orbit(inputs[start : start + per_chunk]).flatten(0, 1))
+    with KernelCounter() as measured:
+        probe.update(inputs, metrics)
+    return sum(floor.counts.values()) / len(chunks), sum(measured.counts.values()) / len(chunks)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
@@ -82,6 +102,17 @@ def main() -> None:
     print(f"Operations per update, |G| = 8 ({path}, torch {torch.__version__})")
     headers = ["metric", "layer", *[f"N = {n}" for n in samples], f"most frequent at N = {samples[-1]}"]
     print(table(headers, rows))
+    rows = []
+    chunks = 1 if args.quick else 2
+    models = [("small CNN", small_cnn, (1, 16, 16), ["1", "3", "6", "output"])]
+    if not args.quick:
+        models.append(("ResNet-18 (w16)", resnet18, (3, 32, 32), ["3", "5", "7", "output"]))
+    for name, build, shape, layers in models:
+        inputs = torch.randn(chunks * ACCELERATOR_CHUNK_SIZE // 8, *shape).to(device)
+        floor, measured = probe_operations(build().eval().to(device), inputs, layers)
+        rows.append([name, len(layers), f"{floor:.0f}", f"{measured:.0f}", f"{measured / floor:.1f}"])
+    print(f"\nOperations per chunk of {ACCELERATOR_CHUNK_SIZE} inputs under D4, the G-EED of every layer ({path})")
+    print(table(["model", "layers", "bare forward", "probe", "probe / bare"], rows))
 
 
 if __name__ == "__main__":
