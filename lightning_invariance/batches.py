@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_invariance._graph_batches import graph_range, join_graph_batches
 from lightning_invariance.groups.base import Group
 
 __all__ = [
@@ -80,7 +81,7 @@ def batch_device(x: Batch) -> torch.device:
 def slice_batch(x: Batch, start: int, stop: int) -> Batch:
     """Samples ``start`` to ``stop``."""
     if is_graph_batch(x):
-        return type(x).from_data_list(x.index_select(slice(start, stop)))  # type: ignore[union-attr]
+        return graph_range(x, start, stop)
     return x[start:stop] if isinstance(x, Tensor) else {key: value[start:stop] for key, value in x.items()}
 
 
@@ -105,8 +106,7 @@ def detached_copy(x: Batch) -> Batch:
 def concat_batches(parts: Sequence[Batch]) -> Batch:
     """The batches one after another along the sample axis."""
     if is_graph_batch(parts[0]):
-        graphs = [graph for part in parts for graph in part.to_data_list()]  # type: ignore[union-attr]
-        return type(parts[0]).from_data_list(graphs)  # type: ignore[union-attr]
+        return join_graph_batches(parts)
     if isinstance(parts[0], Tensor):
         return torch.cat(list(parts))  # type: ignore[arg-type]
     return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}  # type: ignore[index]
@@ -116,4 +116,6 @@ def orbit_batch(group: Group, x: Batch) -> Batch:
     """Every element's copy of ``x`` in one batch, element-major: ``|G| x N`` samples, identity first."""
     if isinstance(x, Tensor):
         return group.orbit(x).flatten(0, 1)
+    if is_graph_batch(x) and hasattr(group, "whole_orbit"):  # built at once (GraphPermutation)
+        return group.whole_orbit(x)
     return concat_batches([group.act(x, k) for k in range(len(group))])  # type: ignore[arg-type]

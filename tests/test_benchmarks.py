@@ -20,11 +20,14 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("early_layers.py", "early / with output"),
         ("device_check.py", "syncs while updating"),
         ("kernel_counts.py", "Operations per update"),
+        ("graph_overhead.py", "orbits built whole"),
     ],
 )
 def test_benchmark_script_runs(script, expected):
     if script == "callback_overhead.py":
         pytest.importorskip("sklearn")
+    if script == "graph_overhead.py":
+        pytest.importorskip("torch_geometric")
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--quick"],
         capture_output=True,

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from lightning_invariance._checks import check_positive
+from lightning_invariance._graph_batches import join_graph_batches
 from lightning_invariance.groups.base import BatchGroup
 from lightning_invariance.groups.permutation import seeded_permutations
 
@@ -70,30 +71,47 @@ class GraphPermutation(BatchGroup):
 
     def node_order(self, graph: Any, k: int) -> Tensor:
         """For every node position of the permuted batch, the old node it holds (graphs permuted within)."""
+        return self._node_orders(graph)[k]
+
+    def _node_orders(self, graph: Any) -> Tensor:
+        """``(|G|, nodes)``: :meth:`node_order` of every element (one read of the graph sizes)."""
         ptr = getattr(graph, "ptr", None)
         bounds = [0, int(graph.num_nodes)] if ptr is None else ptr.tolist()
-        parts = [start + self.permutations(end - start)[k] for start, end in itertools.pairwise(bounds)]
-        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+        parts = [start + self.permutations(end - start) for start, end in itertools.pairwise(bounds)]
+        return torch.cat(parts, dim=1) if parts else torch.zeros((len(self), 0), dtype=torch.long)
+
+    def whole_orbit(self, x: Any) -> Any:
+        """Every element's copy of the graphs ``x`` in one batch, element-major, built at once.
+
+        The same batch as joining :meth:`act`'s copies: ``x`` repeated ``|G|`` times, then one node permutation of
+        all copies (one read of the graph sizes, one copy of the order to the device).
+        """
+        self.check_input(x)
+        num_nodes = int(x.num_nodes)
+        offsets = torch.arange(len(self)).unsqueeze(1) * num_nodes
+        return self._permuted(join_graph_batches([x] * len(self)), (self._node_orders(x) + offsets).reshape(-1))
 
     def act(self, x: Any, k: int) -> Any:
         """Permute every graph's nodes by element ``k`` and relabel the edges."""
         if not 0 <= k < len(self):
             raise IndexError(f"{self!r} has {len(self)} elements (0..{len(self) - 1}), got element {k}.")
         self.check_input(x)
-        out = x.clone()
         if k == 0:
-            return out
-        order = self.node_order(x, k)
+            return x.clone()
+        return self._permuted(x.clone(), self.node_order(x, k))
+
+    def _permuted(self, x: Any, order: Tensor) -> Any:
+        """``x`` (changed in place) with node ``order[p]`` moved to position ``p`` and the edges relabelled."""
         fields = self.node_fields
         if fields is None:
             fields = [key for key in x.keys() if key != "batch" and x.is_node_attr(key)]  # noqa: SIM118 - a method
         for key in fields:
-            out[key] = x[key][order.to(x[key].device)]
+            x[key] = x[key][order.to(x[key].device)]
         if self.edge_index is not None:
             new_position = torch.empty_like(order)
             new_position[order] = torch.arange(len(order))
-            out[self.edge_index] = new_position.to(x[self.edge_index].device)[x[self.edge_index]]
-        return out
+            x[self.edge_index] = new_position.to(x[self.edge_index].device)[x[self.edge_index]]
+        return x
 
     def __repr__(self) -> str:
         return f"GraphPermutation(num_elements={len(self)}, seed={self.seed})"
