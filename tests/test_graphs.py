@@ -131,6 +131,8 @@ def test_orbits_and_slices_of_graph_batches_are_built_whole_and_equal_graph_by_g
         _assert_same_batch(
             slice_batch(batch, start, stop), Batch.from_data_list(batch.index_select(slice(start, stop)))
         )
+    slice_batch(batch, 0, 3).to("meta")  # moving a chunk (as the probe does) moves the chunk's copies only
+    orbit_batch(GROUP, batch).to("meta")
     for key, value in before.items():  # the input batch is left as it was
         assert torch.equal(batch[key], value), key
 
