@@ -217,7 +217,7 @@ def _piece_sums(before: PreparedRows, rows: PreparedRows, window: int, cross_onl
     return total, count
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=32)  # a stream of queues uses a few shapes per layer
 def _band_masks(
     num_before: int, num_rows: int, window: int, cross_only: bool, device: torch.device
 ) -> tuple[Tensor, Tensor, int]:
