@@ -46,8 +46,8 @@ def join_graph_batches(parts: Sequence[Any]) -> Any:
         slices[key] = torch.cat([*slice_parts, torch.tensor([slice_offset])])
         increments[key] = torch.cat(increment_parts)
     node_offsets, graph_offsets = _offsets([part.num_nodes for part in parts]), _offsets([p.num_graphs for p in parts])
-    joined.batch = torch.cat([part.batch + offset for part, offset in zip(parts, graph_offsets, strict=False)])
-    pointers = [part.ptr[:-1] + offset for part, offset in zip(parts, node_offsets, strict=False)]
+    joined.batch = torch.cat([part.batch + offset for part, offset in zip(parts, graph_offsets[:-1], strict=True)])
+    pointers = [part.ptr[:-1] + offset for part, offset in zip(parts, node_offsets[:-1], strict=True)]
     joined.ptr = torch.cat([*pointers, parts[-1].ptr[-1:] + node_offsets[-2]])
     joined._slice_dict, joined._inc_dict, joined._num_graphs = slices, increments, graph_offsets[-1]
     return joined
