@@ -9,6 +9,8 @@ there); the tests take the accelerators' path by emptying ``HOST_BRANCH_DEVICES`
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -256,3 +258,49 @@ def test_the_fitted_maps_copy_their_projection_to_a_device_once() -> None:
         for _ in range(3):
             fit.update(orbit)
     assert copies.count == 0
+
+
+@pytest.mark.parametrize(
+    ("build", "inputs"),
+    [
+        (lambda: InvarianceDeviation(4, normalize=True), lambda n: (torch.randn(4, n, 3, 8, 8),)),
+        (lambda: InvarianceDeviation(4, distance="cosine"), lambda n: (torch.randn(4, n, 16),)),
+        (lambda: InvarianceDeviation(4, distance="kl"), lambda n: (torch.randn(4, n, 10),)),
+        (lambda: InvarianceDeviation(4, distance="discrete"), lambda n: (torch.randn(4, n, 10),)),
+        (lambda: InvarianceDeviation(4, num_classes=3), lambda n: (torch.randn(4, n, 16), torch.randint(3, (n,)))),
+        (
+            lambda: EquivarianceDeviation(SpatialAction(ContinuousRotation([30.0, 60.0, 90.0])), border_mask=True),
+            lambda n: (torch.randn(4, n, 3, 8, 8),),
+        ),
+        (NormalizedVariance, lambda n: (torch.randn(4, n, 16),)),
+        (lambda: LinearMapFit(4, max_features=8), lambda n: (torch.randn(4, n, 3, 8, 8),)),
+        (lambda: PredictionConsistency(4), lambda n: (torch.randn(4, n, 10),)),
+        (lambda: LieDerivative(normalize=True), lambda n: (torch.randn(n, 16), torch.randn(n, 16))),
+    ],
+    ids=[
+        "geed",
+        "cosine",
+        "kl",
+        "discrete",
+        "per-class",
+        "masked equivariance",
+        "variance",
+        "fit",
+        "consistency",
+        "lie",
+    ],
+)
+def test_updates_run_on_a_device_whose_values_cannot_be_read(accelerator_path, monkeypatch, build, inputs) -> None:
+    """On "meta" tensors any read of a value fails, and so does any CPU tensor mixed into the arithmetic.
+
+    Two updates of 300 samples each, so the normaliser's queue is paired (its batched pass and masks run too).
+    """
+    autocast = torch.autocast  # "meta" has no autocast; measuring only ever turns it off
+
+    def no_autocast_on_meta(kind: str, **kwargs):
+        return contextlib.nullcontext() if kind == "meta" else autocast(kind, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", no_autocast_on_meta)
+    metric = build().to("meta")
+    for _ in range(2):
+        metric.update(*[tensor.to("meta") for tensor in inputs(300)])
