@@ -260,6 +260,17 @@ def test_the_fitted_maps_copy_their_projection_to_a_device_once() -> None:
     assert copies.count == 0
 
 
+@pytest.fixture
+def meta_device(accelerator_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The accelerators' path on "meta" tensors: any read of a value fails there, and so does a CPU tensor mixed in."""
+    autocast = torch.autocast  # "meta" has no autocast; measuring only ever turns it off
+
+    def no_autocast_on_meta(kind: str, **kwargs):
+        return contextlib.nullcontext() if kind == "meta" else autocast(kind, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", no_autocast_on_meta)
+
+
 @pytest.mark.parametrize(
     ("build", "inputs"),
     [
@@ -290,17 +301,18 @@ def test_the_fitted_maps_copy_their_projection_to_a_device_once() -> None:
         "lie",
     ],
 )
-def test_updates_run_on_a_device_whose_values_cannot_be_read(accelerator_path, monkeypatch, build, inputs) -> None:
-    """On "meta" tensors any read of a value fails, and so does any CPU tensor mixed into the arithmetic.
-
-    Two updates of 300 samples each, so the normaliser's queue is paired (its batched pass and masks run too).
-    """
-    autocast = torch.autocast  # "meta" has no autocast; measuring only ever turns it off
-
-    def no_autocast_on_meta(kind: str, **kwargs):
-        return contextlib.nullcontext() if kind == "meta" else autocast(kind, **kwargs)
-
-    monkeypatch.setattr(torch, "autocast", no_autocast_on_meta)
+def test_updates_run_on_a_device_whose_values_cannot_be_read(meta_device, build, inputs) -> None:
+    """Two updates of 300 samples each, so the normaliser's queue is paired (its batched pass and masks run too)."""
     metric = build().to("meta")
     for _ in range(2):
         metric.update(*[tensor.to("meta") for tensor in inputs(300)])
+
+
+def test_the_probe_and_the_callbacks_scores_run_on_a_device_whose_values_cannot_be_read(meta_device) -> None:
+    from lightning_invariance.callbacks._scores import LayerScores, ScoreOptions
+
+    scores = ("geed", "geed_normalized", "consistency", "normalized_variance", "linear_equivariance")
+    options = ScoreOptions(4, scores, "euclidean", "centroid", None, non_finite="nan")
+    layer_scores = {layer: LayerScores.create(layer, options, torch.device("meta")) for layer in ("1", "output")}
+    probe = Probe(_model().to("meta"), CyclicRotation(4), layers=list(layer_scores), chunk_size=4 * 64)
+    probe.run(torch.randn(300, 1, 8, 8).to("meta"), lambda name, features: layer_scores[name].update(features))
