@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torchmetrics import Metric
 
-from lightning_invariance import InvarianceDeviation, Probe, _sync
+from lightning_invariance import InvarianceDeviation, LieProbe, Probe, _sync
 from lightning_invariance import probe as probe_module
 from lightning_invariance.functional.distances import per_sample_distance
 from lightning_invariance.groups import (
@@ -316,3 +316,9 @@ def test_the_probe_and_the_callbacks_scores_run_on_a_device_whose_values_cannot_
     layer_scores = {layer: LayerScores.create(layer, options, torch.device("meta")) for layer in ("1", "output")}
     probe = Probe(_model().to("meta"), CyclicRotation(4), layers=list(layer_scores), chunk_size=4 * 64)
     probe.run(torch.randn(300, 1, 8, 8).to("meta"), lambda name, features: layer_scores[name].update(features))
+
+
+def test_the_lie_probe_runs_on_a_device_whose_values_cannot_be_read(meta_device) -> None:
+    layers = ["1", "output"]
+    metrics = {layer: LieDerivative(normalize=True).to("meta") for layer in layers}
+    LieProbe(_model().to("meta"), "rotation", layers=layers).update(torch.randn(40, 1, 8, 8).to("meta"), metrics)
