@@ -56,7 +56,7 @@ def join_graph_batches(parts: Sequence[Any]) -> Any:
 def graph_range(x: Any, start: int, stop: int) -> Any:
     """Graphs ``start`` to ``stop`` of the torch_geometric batch ``x``, as a batch (reads two node offsets)."""
     stop = min(stop, x.num_graphs)
-    if not _joinable(x, x) or not all(x._inc_dict[key].ndim == 1 for key in x._slice_dict):
+    if not _joinable(x, x):
         return type(x).from_data_list(x.index_select(slice(start, stop)))
     part = copy.copy(x)
     slices, increments = {}, {}
@@ -82,15 +82,21 @@ def _offsets(sizes: list[int]) -> list[int]:
 
 
 def _joinable(part: Any, first: Any) -> bool:
-    """Whether ``part`` can be joined whole: made by ``from_data_list``, dense tensors, the same attributes."""
+    """Whether ``part`` can be joined or sliced whole (otherwise it goes graph by graph).
+
+    It must be made by ``from_data_list`` (one increment per graph and attribute), hold dense tensors only and have
+    the same attributes as ``first``.
+    """
     if not all(hasattr(part, name) for name in ("_slice_dict", "_inc_dict", "_num_graphs", "batch", "ptr")):
         return False
     own = set(part.keys()) - set(_COLLATED)
     if own != set(part._slice_dict) or own != set(first._slice_dict):
         return False
     for key in own:
-        value = part[key]
+        value, increments = part[key], part._inc_dict.get(key)
         if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
+            return False
+        if not isinstance(increments, torch.Tensor) or increments.ndim != 1:
             return False
         if not isinstance(part.__cat_dim__(key, value), int):
             return False
