@@ -90,26 +90,15 @@ class PreparedRows:
         """The rows (a multiple of ``size``) as ``(len // size, size, ...)`` blocks, for batched pair matrices."""
         return PreparedRows(self.distance, {name: part.unflatten(0, (-1, size)) for name, part in self.parts.items()})
 
-    @staticmethod
-    def stream(first: PreparedRows, second: PreparedRows, length: int) -> PreparedRows:
-        """``first``'s rows, then ``second``'s, then zero rows up to ``length`` rows, in one new set of rows."""
-        parts, padding = {}, length - len(first) - len(second)
-        for name, part in second.parts.items():
-            pieces = [first.parts[name].to(part.device), part]
+    def cat(self, other: PreparedRows, length: int | None = None) -> PreparedRows:
+        """These rows followed by ``other``'s (on its device), then zero rows up to ``length`` rows if given."""
+        parts, padding = {}, 0 if length is None else length - len(self) - len(other)
+        for name, part in other.parts.items():
+            pieces = [self.parts[name].to(part.device), part]
             if padding:
                 pieces.append(part.new_zeros((padding, *part.shape[1:])))
             parts[name] = torch.cat(pieces)
-        return PreparedRows(second.distance, parts)
-
-    def cat(self, other: PreparedRows) -> PreparedRows:
-        """These rows followed by ``other``'s."""
-        return PreparedRows(
-            self.distance,
-            {
-                name: torch.cat([part.to(other.parts[name].device), other.parts[name]])
-                for name, part in self.parts.items()
-            },
-        )
+        return PreparedRows(other.distance, parts)
 
     def pair_matrix(self, other: PreparedRows) -> Tensor:
         """``(..., len(self), len(other))`` float64 matrix of ``m(a_i, b_j) + m(b_j, a_i)``, batched over blocks."""
@@ -208,7 +197,7 @@ def _piece_sums(before: PreparedRows, rows: PreparedRows, window: int, cross_onl
     each block with itself, and each block with the block before; cached masks keep the pairs asked for.
     """
     length = len(before) + len(rows)
-    blocks = PreparedRows.stream(before, rows, -(-length // window) * window).blocks(window)
+    blocks = before.cat(rows, -(-length // window) * window).blocks(window)
     device = next(iter(rows.parts.values())).device
     same, previous, count = _band_masks(len(before), len(rows), window, cross_only, device)
     total = torch.where(same, blocks.pair_matrix(blocks), 0.0).sum()
