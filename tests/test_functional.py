@@ -165,6 +165,19 @@ def test_fitted_linear_deviation_refuses_or_skips_non_finite_features(bad_part):
     torch.testing.assert_close(skipped, expected, rtol=1e-12, atol=0.0)
 
 
+def test_the_discrete_centroid_is_the_most_frequent_label_ties_to_the_smallest():
+    """Counted explicitly rather than by ``torch.mode``, which does not say what it returns among ties."""
+    from lightning_invariance.functional.distances import most_frequent
+
+    labels = torch.randint(0, 3, (6, 400), generator=torch.Generator().manual_seed(3))
+    expected = []
+    for column in labels.T.tolist():
+        most = max(column.count(label) for label in column)
+        expected.append(min(label for label in column if column.count(label) == most))
+    assert most_frequent(labels).tolist() == [expected]
+    assert sum(sorted(c.count(v) for v in set(c))[-2:] == [3, 3] for c in labels.T.tolist()) > 10  # ties were tried
+
+
 def test_single_sample_cannot_be_normalized():
     orbit = torch.randn(4, 1, 3)
     with pytest.warns(UserWarning, match="at least one batch of two or more samples"):

@@ -10,6 +10,7 @@ there); the tests take the accelerators' path by emptying ``HOST_BRANCH_DEVICES`
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -261,14 +262,24 @@ def test_the_fitted_maps_copy_their_projection_to_a_device_once() -> None:
 
 
 @pytest.fixture
-def meta_device(accelerator_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The accelerators' path on "meta" tensors: any read of a value fails there, and so does a CPU tensor mixed in."""
+def meta_device(accelerator_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The accelerators' path on "meta" tensors: any read of a value fails there, and so does a CPU tensor mixed in.
+
+    Under deterministic algorithms (``Trainer(deterministic=True)``), which "meta" checks as CUDA would: an operation
+    without a deterministic CUDA kernel fails.
+    """
     autocast = torch.autocast  # "meta" has no autocast; measuring only ever turns it off
 
     def no_autocast_on_meta(kind: str, **kwargs):
         return contextlib.nullcontext() if kind == "meta" else autocast(kind, **kwargs)
 
     monkeypatch.setattr(torch, "autocast", no_autocast_on_meta)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ __all__ = [
     "check_choice",
     "exact_arithmetic",
     "largest_magnitude",
+    "most_frequent",
     "orbit_reference",
     "per_sample_distance",
     "power_of_two_scale",
@@ -116,8 +117,19 @@ def orbit_reference(space: Tensor, distance: str, reference: str) -> Tensor:
     if distance == "kl":
         return (torch.logsumexp(space, dim=0) - math.log(space.shape[0])).unsqueeze(0)
     if distance == "discrete":
-        return torch.mode(space, dim=0).values.unsqueeze(0)
+        return most_frequent(space)
     return space.mean(dim=0, keepdim=True)
+
+
+def most_frequent(labels: Tensor) -> Tensor:
+    """``(1, N)``: the most frequent of the labels ``(|G|, N)`` along axis 0, ties going to the smallest.
+
+    Each element's label is compared with every other's (``|G|^2 N`` comparisons on the device). ``torch.mode`` does
+    not say which label it returns among ties, and deterministic mode refuses it on CUDA.
+    """
+    counts = (labels.unsqueeze(0) == labels.unsqueeze(1)).sum(dim=1)  # how often each element's label occurs
+    candidates = counts == counts.amax(dim=0, keepdim=True)
+    return torch.where(candidates, labels, labels.amax(dim=0, keepdim=True)).amin(dim=0, keepdim=True)
 
 
 def per_sample_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
