@@ -13,6 +13,7 @@ from lightning_invariance._checks import check_optional_positive, check_positive
 from lightning_invariance._sync import branches_on_host
 
 __all__ = [
+    "add_count",
     "check_label_range",
     "check_labels",
     "check_optional_positive",
@@ -79,6 +80,11 @@ def nan_except(summary: dict[str, Tensor], counts: Collection[str]) -> dict[str,
         key: value if key in counts else torch.full_like(value, float("nan"), dtype=torch.float64)
         for key, value in summary.items()
     }
+
+
+def add_count(state: Tensor, count: Tensor | int) -> None:
+    """Add ``count`` (an int, or a tensor on any device) to the count state ``state`` in place (no host sync)."""
+    state.add_(count.to(state.device) if isinstance(count, Tensor) else count)
 
 
 def non_finite_counts(nan_strategy: str, num_non_finite: Tensor) -> dict[str, Tensor]:

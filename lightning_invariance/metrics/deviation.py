@@ -19,6 +19,7 @@ from lightning_invariance.groups.actions import RepresentationAction
 from lightning_invariance.groups.base import Group
 from lightning_invariance.metrics._base import SummaryMetric
 from lightning_invariance.metrics._checks import (
+    add_count,
     check_labels,
     check_optional_positive,
     check_positive,
@@ -135,8 +136,7 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
         self.sample_sq_sum.add_(per_sample.square().sum())
         if distances.numel():
             torch.maximum(self.max_deviation, distances.max(), out=self.max_deviation)
-        non_finite = batch.num_non_finite  # a count on the features' device, or an int
-        self.num_non_finite.add_(non_finite.to(device) if isinstance(non_finite, Tensor) else non_finite)
+        add_count(self.num_non_finite, batch.num_non_finite)  # a count on the features' device, or an int
         if self.num_classes is not None:
             kept_labels = labels if batch.kept is None else labels[batch.kept.to(labels.device)]
             kept_labels = kept_labels.to(self.class_sum.device, torch.long)

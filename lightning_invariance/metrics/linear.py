@@ -21,6 +21,7 @@ from lightning_invariance.functional.normalizer import DEFAULT_NORMALIZER_WINDOW
 from lightning_invariance.groups.base import Group
 from lightning_invariance.metrics._base import SummaryMetric
 from lightning_invariance.metrics._checks import (
+    add_count,
     check_positive,
     nan_except,
     non_finite_counts,
@@ -245,7 +246,7 @@ class LinearEquivariance(SummaryMetric, WindowNormalizer):
         """Add a held-out batch of orbit features ``(|G|, N, ...)``."""
         _check_orbit(orbit_features, self.num_elements)
         orbit_features, non_finite = screen_non_finite(orbit_features, self.nan_strategy)
-        self.num_non_finite.add_(non_finite.to(self.maps.device) if isinstance(non_finite, Tensor) else non_finite)
+        add_count(self.num_non_finite, non_finite)
         pooled = pooled_orbit(orbit_features, self.pool_size, self.max_features, self.seed).to(self.maps.device)
         if pooled.shape[2] + 1 != self.maps.shape[1]:
             raise ValueError(

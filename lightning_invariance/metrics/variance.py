@@ -10,7 +10,7 @@ from torch import Tensor
 from lightning_invariance.functional.deviation import screen_non_finite
 from lightning_invariance.functional.variance import DEFINITIONS, _variance_compute, _variance_update, chan_merge
 from lightning_invariance.metrics._base import SummaryMetric
-from lightning_invariance.metrics._checks import nan_except, non_finite_counts, refuses_non_finite, warn_nan
+from lightning_invariance.metrics._checks import add_count, nan_except, non_finite_counts, refuses_non_finite, warn_nan
 from lightning_invariance.metrics._records import FoldedRecords
 
 __all__ = ["NormalizedVariance"]
@@ -102,7 +102,7 @@ class NormalizedVariance(SummaryMetric):
             spread_sum, num_samples, columns = _variance_update(orbit_features, self.definition)
             type(self).statistics.add(self, (spread_sum, columns), device)
             self.num_samples.add_(num_samples)
-        self.num_non_finite.add_(non_finite.to(device) if isinstance(non_finite, Tensor) else non_finite)
+        add_count(self.num_non_finite, non_finite)
 
     def _summary(self, warn: bool) -> dict[str, Tensor]:
         refused = refuses_non_finite(self.nan_strategy, self.num_non_finite, self.num_samples, raise_error=warn)
