@@ -142,3 +142,29 @@ def test_wrong_number_of_elements():
         InvarianceDeviation(4).update(torch.randn(3, 2, 5))
     with pytest.raises(TypeError, match="RepresentationAction"):
         EquivarianceDeviation("rot90", 4)  # type: ignore[arg-type]
+
+
+def _orbit_metrics() -> dict[str, object]:
+    from lightning_invariance.metrics import LinearEquivariance, LinearMapFit, NormalizedVariance
+
+    return {
+        "InvarianceDeviation": InvarianceDeviation(4),
+        "EquivarianceDeviation": EquivarianceDeviation(SpatialAction(CyclicRotation(4)), 4),
+        "PredictionConsistency": PredictionConsistency(4),
+        "NormalizedVariance": NormalizedVariance(),
+        "LinearMapFit": LinearMapFit(4),
+        "LinearEquivariance": LinearEquivariance(torch.zeros(4, 5, 4)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_orbit_metrics()))
+def test_every_metric_checks_orbit_features_alike(name):
+    """One check: a non-tensor is a TypeError, a tensor of the wrong shape a ValueError naming the shape."""
+    metric = _orbit_metrics()[name]
+    with pytest.raises(TypeError, match="`orbit_features` to be a torch.Tensor, but got list"):
+        metric.update([[1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"of shape \(\|G\|, N, \.\.\.\).*got shape \(7,\)"):
+        metric.update(torch.randn(7))
+    if name != "NormalizedVariance":  # the only one that takes any number of elements
+        with pytest.raises(ValueError, match=r"to have 4 group elements on axis 0.*got shape \(3, 2, 5\)"):
+            metric.update(torch.randn(3, 2, 5))

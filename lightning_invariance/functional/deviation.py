@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from lightning_invariance._checks import check_orbit_features
 from lightning_invariance._sync import block_values
 from lightning_invariance.functional.distances import (
     DISTANCES,
@@ -33,21 +34,6 @@ __all__ = [
 ]
 
 NAN_STRATEGIES = ("error", "skip")
-
-
-def _check_orbit(orbit_features: Tensor, num_elements: int | None) -> None:
-    if not isinstance(orbit_features, Tensor):
-        raise TypeError(f"Expected `orbit_features` to be a torch.Tensor, but got {type(orbit_features).__name__}.")
-    if orbit_features.ndim < 2 or orbit_features.shape[0] < 1:
-        raise ValueError(
-            "Expected `orbit_features` of shape (|G|, N, ...): one row per group element (identity first) and one "
-            f"column per sample, but got shape {tuple(orbit_features.shape)}."
-        )
-    if num_elements is not None and orbit_features.shape[0] != num_elements:
-        raise ValueError(
-            f"Expected `orbit_features` to have {num_elements} group elements on axis 0 (the metric's `num_elements`),"
-            f" but got shape {tuple(orbit_features.shape)}."
-        )
 
 
 class DeviationBatch(NamedTuple):
@@ -130,7 +116,7 @@ def _deviation_update(
     with NaN/inf features, with no host sync; the caller refuses the values later. ``"error"`` and ``"skip"`` read
     the check on the host (one sync per batch).
     """
-    _check_orbit(orbit_features, num_elements)
+    check_orbit_features(orbit_features, num_elements)
     check_choice("distance", distance, DISTANCES)
     check_choice("reference", reference, REFERENCES)
     check_choice("nan_strategy", nan_strategy, (*NAN_STRATEGIES, "count"))

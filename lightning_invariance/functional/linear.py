@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_invariance._checks import check_orbit_features
 from lightning_invariance.functional.deviation import NAN_STRATEGIES, drop_non_finite
 from lightning_invariance.functional.distances import check_choice
 from lightning_invariance.functional.normalizer import DEFAULT_NORMALIZER_WINDOW, window_pair_sums
@@ -32,9 +33,7 @@ DEFAULT_RIDGE = 1e-3
 
 def pooled_orbit(orbit_features: Tensor, pool_size: int = 2, max_features: int = 256, seed: int = 0) -> Tensor:
     """``(|G|, N, F)`` float64 pooled (and, when wide, projected) features of orbit features ``(|G|, N, ...)``."""
-    if not isinstance(orbit_features, Tensor) or orbit_features.ndim < 2:
-        shape = tuple(orbit_features.shape) if isinstance(orbit_features, Tensor) else type(orbit_features).__name__
-        raise ValueError(f"Expected orbit features of shape (|G|, N, ...), but got {shape}.")
+    check_orbit_features(orbit_features)
     num_elements, num_samples = orbit_features.shape[:2]
     if orbit_features.is_complex():
         orbit_features = torch.view_as_real(orbit_features).movedim(-1, 2).flatten(2, 3)  # real, imaginary channels

@@ -22,6 +22,7 @@ import math
 import torch
 from torch import Tensor
 
+from lightning_invariance._checks import check_orbit_features
 from lightning_invariance.functional.distances import exact_arithmetic
 
 __all__ = ["DEFINITIONS", "chan_merge", "normalized_variance", "unit_activations"]
@@ -40,13 +41,7 @@ def unit_activations(orbit_features: Tensor, definition: str = "tmeasures") -> T
     (``"tmeasures"``) or C channels averaged over their remaining (spatial) axes (``"channel_variance"``). Complex
     features count their real and imaginary parts as units of their own.
     """
-    if not isinstance(orbit_features, Tensor):
-        raise TypeError(f"Expected `orbit_features` to be a torch.Tensor, but got {type(orbit_features).__name__}.")
-    if orbit_features.ndim < 2 or orbit_features.shape[0] < 1 or orbit_features.shape[1] < 1:
-        raise ValueError(
-            "Expected `orbit_features` of shape (|G|, N, ...) with at least one element and one sample, but got "
-            f"shape {tuple(orbit_features.shape)}."
-        )
+    check_orbit_features(orbit_features, min_samples=1)
     if definition not in DEFINITIONS:
         raise ValueError(f"Expected argument `definition` to be one of {DEFINITIONS} but got {definition!r}.")
     if orbit_features.is_complex():

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_invariance._checks import check_orbit_features
 from lightning_invariance.functional.deviation import NAN_STRATEGIES, finite_samples, screen_non_finite
 from lightning_invariance.functional.distances import check_choice
 from lightning_invariance.functional.linear import (
@@ -125,7 +126,7 @@ class LinearMapFit(SummaryMetric):
 
     def update(self, orbit_features: Tensor) -> None:
         """Add a fitting batch of orbit features ``(|G|, N, ...)``; samples holding NaN/inf are counted, not fitted."""
-        _check_orbit(orbit_features, self.num_elements)
+        check_orbit_features(orbit_features, self.num_elements)
         if orbit_features.shape[1] == 0:
             return
         finite = finite_samples(orbit_features)  # on the device: the sums leave the other samples out by selection
@@ -244,7 +245,7 @@ class LinearEquivariance(SummaryMetric, WindowNormalizer):
 
     def update(self, orbit_features: Tensor) -> None:
         """Add a held-out batch of orbit features ``(|G|, N, ...)``."""
-        _check_orbit(orbit_features, self.num_elements)
+        check_orbit_features(orbit_features, self.num_elements)
         orbit_features, non_finite = screen_non_finite(orbit_features, self.nan_strategy)
         add_count(self.num_non_finite, non_finite)
         pooled = pooled_orbit(orbit_features, self.pool_size, self.max_features, self.seed).to(self.maps.device)
@@ -282,11 +283,3 @@ class LinearEquivariance(SummaryMetric, WindowNormalizer):
         if refused:  # distances and pairs mix in NaN/inf: none is a number (the counts stay)
             summary = nan_except(summary, ())
         return summary | {"num_samples": n.clone()} | non_finite_counts(self.nan_strategy, self.num_non_finite)
-
-
-def _check_orbit(orbit_features: Tensor, num_elements: int) -> None:
-    if not isinstance(orbit_features, Tensor) or orbit_features.ndim < 2 or orbit_features.shape[0] != num_elements:
-        shape = tuple(orbit_features.shape) if isinstance(orbit_features, Tensor) else type(orbit_features).__name__
-        raise ValueError(
-            f"Expected `orbit_features` of shape ({num_elements}, N, ...) (num_elements on axis 0), but got {shape}."
-        )

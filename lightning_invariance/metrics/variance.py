@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_invariance._checks import check_orbit_features
 from lightning_invariance.functional.deviation import screen_non_finite
 from lightning_invariance.functional.variance import DEFINITIONS, _variance_compute, _variance_update, chan_merge
 from lightning_invariance.metrics._base import SummaryMetric
@@ -93,9 +94,7 @@ class NormalizedVariance(SummaryMetric):
 
     def update(self, orbit_features: Tensor) -> None:
         """Add a batch of orbit features ``(|G|, N, ...)``."""
-        if not isinstance(orbit_features, Tensor) or orbit_features.ndim < 2:
-            shape = tuple(orbit_features.shape) if isinstance(orbit_features, Tensor) else type(orbit_features).__name__
-            raise ValueError(f"Expected `orbit_features` of shape (|G|, N, ...), but got {shape}.")
+        check_orbit_features(orbit_features)
         device = self.num_samples.device
         orbit_features, non_finite = screen_non_finite(orbit_features, self.nan_strategy)
         if orbit_features.shape[1]:
