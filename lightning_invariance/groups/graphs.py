@@ -71,14 +71,15 @@ class GraphPermutation(BatchGroup):
 
     def node_order(self, graph: Any, k: int) -> Tensor:
         """For every node position of the permuted batch, the old node it holds (graphs permuted within)."""
-        return self._node_orders(graph)[k]
+        return self._node_orders(graph, slice(k, k + 1))[0]
 
-    def _node_orders(self, graph: Any) -> Tensor:
-        """``(|G|, nodes)``: :meth:`node_order` of every element (one read of the graph sizes)."""
+    def _node_orders(self, graph: Any, elements: slice = slice(None)) -> Tensor:
+        """``(elements, nodes)``: :meth:`node_order` of those elements, every one by default (one read of the sizes)."""
         ptr = getattr(graph, "ptr", None)
         bounds = [0, int(graph.num_nodes)] if ptr is None else ptr.tolist()
-        parts = [start + self.permutations(end - start) for start, end in itertools.pairwise(bounds)]
-        return torch.cat(parts, dim=1) if parts else torch.zeros((len(self), 0), dtype=torch.long)
+        parts = [start + self.permutations(end - start)[elements] for start, end in itertools.pairwise(bounds)]
+        rows = len(range(len(self))[elements])
+        return torch.cat(parts, dim=1) if parts else torch.zeros((rows, 0), dtype=torch.long)
 
     def whole_orbit(self, x: Any) -> Any:
         """Every element's copy of the graphs ``x`` in one batch, element-major, built at once.
