@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import multiprocessing
 import platform
+import queue as queue_module
 import resource
 import statistics
 import time
@@ -61,6 +62,54 @@ def resnet18(width: int = 16, num_classes: int = 10) -> nn.Module:
             inputs = outputs
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(inputs, num_classes)]
     return nn.Sequential(*layers)
+
+
+class Bottleneck(nn.Module):
+    """ResNet-50's block: 1x1, 3x3 (strided) and 1x1 convolutions with BatchNorm, 4x wider out, and a skip."""
+
+    def __init__(self, inputs: int, width: int, stride: int) -> None:
+        super().__init__()
+        outputs = 4 * width
+        self.conv1, self.bn1 = nn.Conv2d(inputs, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, outputs, 1, bias=False), nn.BatchNorm2d(outputs)
+        self.skip = nn.Identity()
+        if stride != 1 or inputs != outputs:
+            self.skip = nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn2(self.conv2(out)))
+        return torch.relu(self.bn3(self.conv3(out)) + self.skip(x))
+
+
+class ImageNetResNet(nn.Module):
+    """torchvision's ResNet-18 or ResNet-50 layout for 224x224 images, in plain torch (torchvision may not import).
+
+    The same convolutions, parameter count and stage names (``layer1`` to ``layer4``) as torchvision's models.
+    """
+
+    def __init__(self, depth: int = 50, num_classes: int = 1000) -> None:
+        super().__init__()
+        if depth not in (18, 50):
+            raise ValueError(f"Expected depth 18 or 50, got {depth}.")
+        self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inputs, stages = 64, []
+        for stage, width in enumerate([64, 128, 256, 512]):
+            blocks = []
+            for block in range((2, 2, 2, 2)[stage] if depth == 18 else (3, 4, 6, 3)[stage]):
+                stride = 2 if stage > 0 and block == 0 else 1
+                blocks.append(BasicBlock(inputs, width, stride) if depth == 18 else Bottleneck(inputs, width, stride))
+                inputs = width if depth == 18 else 4 * width
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.fc = nn.Linear(inputs, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(x.mean(dim=(2, 3)))
 
 
 def add_device_arguments(parser: argparse.ArgumentParser, autocast: bool = True) -> None:
@@ -188,7 +237,17 @@ def peak_memory_mib(task: Callable[[], Callable[[], Any]]) -> tuple[float, float
     queue = context.Queue()
     process = context.Process(target=_peak_worker, args=(task, queue))
     process.start()
-    result = queue.get()
+    while True:  # poll: a child that raised or was killed (out of memory) never puts its result
+        alive = process.is_alive()  # read before waiting: a child that reported and ended is still read below
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except queue_module.Empty:
+            if not alive:
+                raise RuntimeError(
+                    f"The peak-memory process ended with exit code {process.exitcode} before reporting (it raised, "
+                    "or was killed: a negative code is the signal, -9 often the out-of-memory killer)."
+                ) from None
     process.join()
     return result
 

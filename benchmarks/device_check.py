@@ -10,7 +10,7 @@ metrics are kept on the CPU (each chunk's results moved to them). On CUDA the me
 waited for the device while the probe and the metrics were updating (``compute`` is outside, it must read back).
 A second table counts them for the other groups' orbits (matrices and permutation tables copied to the device) and
 for equivariance with border masks.
-Run it on a GPU machine as one prepared command:
+Run it on a GPU machine alone, or with the other GPU benchmarks through ``sh benchmarks/gpu_session.sh``:
 
     PYTHONPATH=. python benchmarks/device_check.py --device cuda
 
