@@ -3,8 +3,9 @@
 For a small CNN and a ResNet-18-layout CNN, four layers each, the normalised G-EED under D4, the normalised variance
 (tmeasures), the output's prediction consistency, fitted linear maps (their Frobenius norm; pooled features projected
 to 64, so the projection runs too) and the relative Lie derivative (rotation) are measured on the CPU
-and on ``--device``; the table shows both and their relative difference (float32 rounding of the distances and Gram
-products, about 1e-7, is what the README allows), and the difference when the model runs on the device but the
+and on ``--device`` (the models with TF32 off, so that their features agree to float32 rounding); the table shows both
+and their relative difference (float32 rounding of the features, distances and Gram products, about 1e-7 to 1e-6, is
+what the README allows), and the difference when the model runs on the device but the
 metrics are kept on the CPU (each chunk's results moved to them). On CUDA the measurement runs under
 ``torch.cuda.set_sync_debug_mode("warn")``, and the script counts the warnings: each is a point where the host
 waited for the device while the probe and the metrics were updating (``compute`` is outside, it must read back).
@@ -122,6 +123,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
     args = parser.parse_args()
     device = torch.device(args.device)
+    # full float32 convolutions and matrix products in the models (cuDNN allows TF32 by default), so that the device's
+    # features match the CPU's to float32 rounding and the first difference shows the metrics' arithmetic
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     scale = 16 if args.quick else 1
     cases = [
         ("small CNN", small_cnn, (1, 16, 16), 2048 // scale, ["1", "3", "6", "output"]),

@@ -3,7 +3,8 @@
 The straightforward way: one forward pass per group element over the data in dataloader-sized batches with autograd
 on (as in a training script), forward hooks that keep every layer's features, then the centroid distances in one
 vectorised pass, and the normaliser per batch with ``torch.cdist``. Both give the same G-EED
-(checked to 1e-4; the normalised ones to 5%, as the normalisers pair samples in different groups). The probe runs at
+(checked to 1e-4 on the CPU, 1e-2 on a GPU, where TF32 convolutions may differ by batch; the normalised ones to 5%,
+as the normalisers pair samples in different groups). The probe runs at
 its defaults. The floor is what any measurement must do: each chunk's orbit built and run forward under
 ``torch.no_grad()`` at the probe's chunk size, nothing kept. Time: the three interleaved in rounds, medians of the
 times and of the per-round ratios (which cancels a shared machine's drift); peak memory: a
@@ -114,9 +115,13 @@ def main() -> None:
         floor_run = _setup(n, "floor", layers, args.device)
         loop_run, probe_run = _setup(n, "loop", layers, args.device), _setup(n, "probe", layers, args.device)
         loop_scores, probe_scores = loop_run(), probe_run()
-        for layer in layers:  # the same G-EED; the normalisers pair samples within different groups
+        # the same G-EED; the normalisers pair samples within different groups. On a GPU the loop's batches (one
+        # element, 128 inputs) and the probe's (whole orbits, 2048) may get other convolution algorithms, with TF32
+        # by default: their features differ by more than float32 rounding
+        tolerance = 1e-4 if device.type == "cpu" else 1e-2
+        for layer in layers:
             (loop_raw, loop_normalized), (probe_raw, probe_normalized) = loop_scores[layer], probe_scores[layer]
-            assert abs(loop_raw - probe_raw) <= 1e-4 * abs(loop_raw), (layer, loop_raw, probe_raw)
+            assert abs(loop_raw - probe_raw) <= tolerance * abs(loop_raw), (layer, loop_raw, probe_raw)
             assert abs(loop_normalized - probe_normalized) <= 0.05 * abs(loop_normalized), layer
         rounds = interleaved_seconds([floor_run, loop_run, probe_run], repeats, warmup=1, device=device)
         floor_time, loop_time, probe_time = (statistics.median(times) for times in zip(*rounds, strict=True))
