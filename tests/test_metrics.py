@@ -161,7 +161,7 @@ def _orbit_metrics() -> dict[str, object]:
 def test_every_metric_checks_orbit_features_alike(name):
     """One check: a non-tensor is a TypeError, a tensor of the wrong shape a ValueError naming the shape."""
     metric = _orbit_metrics()[name]
-    with pytest.raises(TypeError, match="`orbit_features` to be a torch.Tensor, but got list"):
+    with pytest.raises(TypeError, match=r"`orbit_features` to be a torch\.Tensor, but got list"):
         metric.update([[1.0, 2.0]])
     with pytest.raises(ValueError, match=r"of shape \(\|G\|, N, \.\.\.\).*got shape \(7,\)"):
         metric.update(torch.randn(7))

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from lightning_invariance._checks import check_orbit_features
-from lightning_invariance._sync import block_values
+from lightning_invariance._sync import samples_per_block
 from lightning_invariance.functional.distances import (
     DISTANCES,
     REFERENCES,
@@ -195,15 +195,13 @@ def _distances(
 ) -> tuple[Tensor, Tensor]:
     """``(|G|, N)`` distances to the reference (or to the action's image of ``f(x)``), and the distance space.
 
-    Large orbits go in blocks of samples of :func:`~lightning_invariance._sync.block_values` values: each block's
+    Large orbits go in blocks of samples (:func:`~lightning_invariance._sync.samples_per_block`): each block's
     reference and distances are computed together, so no temporary is larger than a block.
     """
     space = to_distance_space(orbit, distance, apply_softmax)
     equivariant = action is not None and not action.trivial
     num_elements, num_samples = space.shape[:2]
-    per_sample = max(1, space[0, :1].numel()) * num_elements
-    limit = block_values(space.device)
-    block = max(1, num_samples if space.numel() <= limit else limit // per_sample)
+    block = samples_per_block(space)
     rows = []
     for start in range(0, num_samples, block):
         part = space[:, start : start + block]

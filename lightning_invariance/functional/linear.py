@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_invariance._checks import check_orbit_features
+from lightning_invariance._sync import samples_per_block
 from lightning_invariance.functional.deviation import NAN_STRATEGIES, drop_non_finite
 from lightning_invariance.functional.distances import check_choice
 from lightning_invariance.functional.normalizer import DEFAULT_NORMALIZER_WINDOW, window_pair_sums
@@ -34,9 +35,20 @@ DEFAULT_RIDGE = 1e-3
 def pooled_orbit(orbit_features: Tensor, pool_size: int = 2, max_features: int = 256, seed: int = 0) -> Tensor:
     """``(|G|, N, F)`` float64 pooled (and, when wide, projected) features of orbit features ``(|G|, N, ...)``."""
     check_orbit_features(orbit_features)
-    num_elements, num_samples = orbit_features.shape[:2]
     if orbit_features.is_complex():
         orbit_features = torch.view_as_real(orbit_features).movedim(-1, 2).flatten(2, 3)  # real, imaginary channels
+    step = samples_per_block(orbit_features, share=2)  # a float64 copy of a block at a time: pooling is per sample
+    starts = range(0, max(1, orbit_features.shape[1]), step)
+    blocks = [_pooled(orbit_features[:, start : start + step], pool_size) for start in starts]
+    flat = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+    if flat.shape[-1] > max_features:
+        flat = flat @ _projection(flat.shape[-1], max_features, seed, flat.device)
+    return flat
+
+
+def _pooled(orbit_features: Tensor, pool_size: int) -> Tensor:
+    """``(|G|, n, P)`` float64 pooled features of real orbit features ``(|G|, n, ...)``."""
+    num_elements, num_samples = orbit_features.shape[:2]
     values = orbit_features.to(torch.float64).flatten(0, 1)
     if values.ndim == 1:
         values = values.unsqueeze(-1)
@@ -47,8 +59,6 @@ def pooled_orbit(orbit_features: Tensor, pool_size: int = 2, max_features: int =
     elif values.ndim > 4:
         values = F.adaptive_avg_pool3d(values.flatten(1, -4), pool_size)
     flat = values.flatten(1)
-    if flat.shape[1] > max_features:
-        flat = flat @ _projection(flat.shape[1], max_features, seed, flat.device)
     return flat.reshape(num_elements, num_samples, flat.shape[-1])
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from lightning_invariance._checks import check_orbit_features
+from lightning_invariance._sync import samples_per_block
 from lightning_invariance.functional.distances import exact_arithmetic
 
 __all__ = ["DEFINITIONS", "chan_merge", "normalized_variance", "unit_activations"]
@@ -58,7 +59,7 @@ def column_statistics(units: Tensor) -> Tensor:
     """``(3, |G|, U)`` count, mean and M2 of each (element, unit) column over the batch's samples."""
     count = torch.full_like(units[:, 0], units.shape[1])
     mean = units.mean(dim=1)
-    m2 = (units - mean.unsqueeze(1)).square().sum(dim=1)
+    m2 = (units - mean.unsqueeze(1)).square_().sum(dim=1)
     return torch.stack([count, mean, m2])
 
 
@@ -86,12 +87,27 @@ def _variance_update(orbit_features: Tensor, definition: str) -> tuple[Tensor, i
     """One batch's ``(sum over samples of the orbit spread (U,), N, column statistics (3, |G|, U))``.
 
     The orbit spread is each sample's variance over the group (``"channel_variance"``) or standard deviation with
-    ``|G| - 1`` in the denominator (``"tmeasures"``); a sample's orbit is complete in its batch.
+    ``|G| - 1`` in the denominator (``"tmeasures"``); a sample's orbit is complete in its batch. Large batches go in
+    blocks of samples (:func:`~lightning_invariance._sync.samples_per_block`), merged as updates merge, so that the
+    float64 temporaries stay within a block.
     """
+    check_orbit_features(orbit_features, min_samples=1)
+    step = samples_per_block(orbit_features, share=4)  # a float64 copy of the block and float64 squares of it
+    starts = range(0, orbit_features.shape[1], step)
+    blocks = [_block_update(orbit_features[:, start : start + step], definition) for start in starts]
+    spread_sum, num_samples, columns = blocks[0]
+    for block_spread, block_samples, block_columns in blocks[1:]:
+        spread_sum, num_samples = spread_sum + block_spread, num_samples + block_samples
+        columns = chan_merge(columns, block_columns)
+    return spread_sum, num_samples, columns
+
+
+def _block_update(orbit_features: Tensor, definition: str) -> tuple[Tensor, int, Tensor]:
+    """:func:`_variance_update` of one block of samples."""
     with exact_arithmetic(orbit_features.device.type):
         units = unit_activations(orbit_features, definition)
         num_elements = units.shape[0]
-        squares = (units - units.mean(dim=0)).square().sum(dim=0)  # (N, U); Tensor.var/std over dim 0 is 16x slower
+        squares = (units - units.mean(dim=0)).square_().sum(dim=0)  # (N, U); Tensor.var/std over dim 0 is 16x slower
         if definition == "channel_variance":
             spread = squares / num_elements
         else:  # tmeasures: standard deviation with n - 1, and 0 for a single value
