@@ -22,6 +22,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("kernel_counts.py", "Operations per update"),
         ("graph_overhead.py", "orbits built whole"),
         ("full_size.py", "loop / probe, layers"),
+        ("accelerator_memory.py", "probe / floor"),
     ],
 )
 def test_benchmark_script_runs(script, expected):
