@@ -9,8 +9,9 @@ The same split sets how much one operation of the hot path covers (:func:`block_
 blocks of samples (large fresh temporaries cost more in page faults than in arithmetic); on accelerators, blocks as
 large as keep the operations few (each is a kernel launch the host issues, which for a small layer costs more than
 its arithmetic) and the temporaries a fraction of a large layer: 2^24 values, 64 MiB of float32, which a GPU takes
-several times longer to read than the host takes to launch the kernel. (With 2^26 the probe's peak memory was 2.1x
-the forward passes' for the small CNN on 32x32 inputs at 2048 inputs a pass; with 2^24 it is 1.2x.)
+several times longer to read than the host takes to launch the kernel. (With 2^26, and whole-orbit float64 copies, the
+probe's peak memory was 2.1x the forward passes' for a small CNN on 32x32 inputs at 2048 inputs a pass; it is 1.06x
+now: ``benchmarks/accelerator_memory.py``.)
 
 Copying a CPU tensor to an accelerator makes the host wait too (a copy from pageable memory synchronises the stream),
 so the constants that groups and actions apply in every chunk (permutation tables, affine and rotation matrices)

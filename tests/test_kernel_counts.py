@@ -1,8 +1,10 @@
-"""On accelerators an update issues as many operations for 1024 samples as for 256: none is issued per sample block.
+"""On accelerators an update issues as many operations for 1024 samples as for 256: none per small block of samples.
 
 Each operation is a kernel launch on a GPU, and issuing one costs the host microseconds: a metric that loops over
-blocks of samples (the CPU's cache-sized blocks, the normaliser's blocks of ``window`` rows) issues hundreds per
-chunk, and a small layer's measurement then costs many times its forward pass. The counter sees the operations on the
+small blocks of samples (the CPU's cache-sized blocks, the normaliser's blocks of ``window`` rows) issues hundreds per
+chunk, and a small layer's measurement then costs many times its forward pass. (Only orbits beyond a block of
+``_sync.ACCELERATOR_BLOCK_VALUES`` values go in several, each long enough on a GPU to hide its launches:
+``test_temporaries.py``.) The counter sees the operations on the
 CPU (through a ``TorchDispatchMode``), with the accelerators' path taken by emptying ``HOST_BRANCH_DEVICES``;
 ``benchmarks/kernel_counts.py`` prints the counts.
 """

@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 DISTANCES = ("euclidean", "cosine", "kl", "discrete")
-#: Float32 norms below this may have lost squares to underflow; they are recomputed with float64 squares.
+#: Float32 norms below this may have lost squares to underflow; they are recomputed from rows scaled by a power of 2.
 _DOUBTFUL_NORM = 2.0**-60
 _LARGEST_FLOAT64 = torch.finfo(torch.float64).max
 REFERENCES = ("centroid", "identity")
@@ -138,7 +138,8 @@ def per_sample_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
     cosine: ``1 - cos``; two zero vectors are at distance 0 and a zero and a non-zero vector at distance 1.
     kl: ``KL(p_a || p_b)`` from log-probabilities; terms where ``p_a = 0`` contribute 0.
     Computed with autocast off from inputs in float32 or wider (see :func:`to_distance_space`): a float32 euclidean
-    norm that overflowed or may have underflowed is recomputed with float64 squares, and cosine scales each vector
+    norm that overflowed or may have underflowed is recomputed from the row scaled by a power of two (on accelerators
+    every norm is, which gives the same values without a host read or a float64 copy), and cosine scales each vector
     by a power of two (exactly) first, so that no square overflows or underflows.
     """
     if distance == "discrete":
@@ -176,19 +177,32 @@ def unit_rows(x: Tensor) -> Tensor:
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
 
 
+def _scaled_norm(rows: Tensor) -> Tensor:
+    """float64 norms of float32 ``rows`` (last axis), each row scaled in place by a power of two first.
+
+    The scaled row's largest value is in ``[0.5, 1)``, so no float32 square overflows or underflows; scaling by a
+    power of two is exact, so a row whose squares do neither gets the plain float32 norm bit for bit (the sums run in
+    the same order). A NaN or inf row stays NaN or inf (its exponent is unspecified, the clamp keeps it finite).
+    """
+    largest = torch.linalg.vector_norm(rows, ord=math.inf, dim=-1, keepdim=True)
+    exponent = torch.frexp(largest).exponent.clamp_(-120, 120)
+    scale = torch.exp2(exponent.neg_().to(rows.dtype))
+    norm = torch.linalg.vector_norm(rows.mul_(scale), dim=-1).to(torch.float64)
+    return norm / scale.squeeze(-1).to(torch.float64)
+
+
 def _float_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
     if distance == "euclidean":
         difference = a - b
-        norm = torch.linalg.vector_norm(difference, dim=-1).to(torch.float64)
         if difference.dtype == torch.float64:
-            return norm
-        # float32 squares overflow beyond ~1e19 and vanish below ~1e-19: such rows again with float64 squares
+            return torch.linalg.vector_norm(difference, dim=-1)
+        if not branches_on_host(difference.device):  # every row scaled: no host read, no float64 copy of the block
+            return _scaled_norm(difference)
+        norm = torch.linalg.vector_norm(difference, dim=-1).to(torch.float64)
+        # float32 squares overflow beyond ~1e19 and vanish below ~1e-19: such rows again, scaled by a power of two
         doubtful = norm.clamp(_DOUBTFUL_NORM, _LARGEST_FLOAT64) != norm  # NaN, inf or tiny (two kernels, not seven)
-        if not branches_on_host(difference.device):  # select on the device: no host sync
-            return torch.where(doubtful, torch.linalg.vector_norm(difference, dim=-1, dtype=torch.float64), norm)
         if bool(doubtful.any()):
-            again = torch.linalg.vector_norm(difference[doubtful], dim=-1, dtype=torch.float64)
-            norm = norm.masked_scatter(doubtful, again)
+            norm = norm.masked_scatter(doubtful, _scaled_norm(difference[doubtful]))
         return norm
     if distance == "cosine":
         unit_a, unit_b = unit_rows(a), unit_rows(b)

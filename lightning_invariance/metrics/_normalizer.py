@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_invariance._sync import block_values
 from lightning_invariance.functional.normalizer import Segment, extend_segment, join_segments
 from lightning_invariance.metrics._records import make_record, read_records
 
@@ -84,11 +85,18 @@ class WindowNormalizer(Metric):
             queue.append(rows.detach().clone())  # a view into features a later in-place op may change
             self.__dict__["_queue_rows"] = queued_rows
             return
-        pending = torch.cat([*queue, rows.detach()]) if queue else rows.detach()  # paired now: no copy to keep
-        segment, total, count = _settle(live, pending, *self._pairing)
-        self.pair_sum.add_(total.to(self.pair_sum.device))
-        self.pair_count.add_(float(count))
-        self.__dict__.update(_live_segment=segment, _queue=[], _queue_rows=0)
+        # paired now, so no copy to keep; in pieces that fill a block of values with the window of rows before them,
+        # so that the pairing's copies of a large layer's rows stay within one
+        window = self._pairing[1]
+        piece_rows = max(window, block_values(rows.device) // max(1, rows[0].numel()) - window)
+        pieces = list(rows.detach().split(piece_rows))
+        if queue:  # the queue holds fewer than QUEUE_VALUES values: a small copy
+            pieces[0] = torch.cat([*queue, pieces[0]])
+        for piece in pieces:
+            live, total, count = _settle(live, piece, *self._pairing)
+            self.pair_sum.add_(total.to(self.pair_sum.device))
+            self.pair_count.add_(float(count))
+        self.__dict__.update(_live_segment=live, _queue=[], _queue_rows=0)
 
     def _normalizer_mean(self) -> Tensor:
         """The mean distance between different inputs over every pair so far (NaN without pairs); reads only."""
