@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_invariance import _sync
+
 
 def tiny_mlp(size: int = 16) -> nn.Module:
     """A two-layer MLP on flattened ``size x size`` images (about 8k parameters)."""
@@ -119,6 +121,18 @@ def add_device_arguments(parser: argparse.ArgumentParser, autocast: bool = True)
         parser.add_argument(
             "--autocast", choices=["off", "bf16"], default="off", help="run every forward pass under bf16 autocast"
         )
+
+
+def add_accelerator_path_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where to run; without it, the accelerators' path emulated on the CPU."""
+    parser.add_argument("--device", default=None, help="run on this device (default: emulate an accelerator on CPU)")
+
+
+def accelerator_path_device(name: str | None) -> torch.device:
+    """The device called ``name``; without one, the CPU on the accelerators' path (no host branches, their blocks)."""
+    if name is None:
+        _sync.HOST_BRANCH_DEVICES = frozenset()
+    return torch.device(name or "cpu")
 
 
 def forward_context(device: torch.device, autocast: str) -> contextlib.AbstractContextManager[Any]:

@@ -18,12 +18,20 @@ from collections.abc import Callable
 
 import torch
 
-from lightning_invariance import InvarianceDeviation, Probe, _sync
+from lightning_invariance import InvarianceDeviation, Probe
 from lightning_invariance._layers import ACCELERATOR_CHUNK_SIZE
 from lightning_invariance.groups import CyclicRotation
 from lightning_invariance.metrics import LinearMapFit, NormalizedVariance
 
-from _common import ImageNetResNet, cuda_peak_mib, device_name, small_cnn, table
+from _common import (
+    ImageNetResNet,
+    accelerator_path_device,
+    add_accelerator_path_arguments,
+    cuda_peak_mib,
+    device_name,
+    small_cnn,
+    table,
+)
 
 GROUP = CyclicRotation(4)
 
@@ -68,12 +76,9 @@ def runs(model: torch.nn.Module, inputs: torch.Tensor, layers: list[str]) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
-    parser.add_argument("--device", default=None, help="run on this device (default: the CPU, as an accelerator)")
+    add_accelerator_path_arguments(parser)
     args = parser.parse_args()
-    device = torch.device(args.device or "cpu")
-    emulated = args.device is None
-    if emulated:
-        _sync.HOST_BRANCH_DEVICES = frozenset()  # the accelerators' path, taken on the CPU
+    device, emulated = accelerator_path_device(args.device), args.device is None
     n, size = (128, 32) if args.quick else (1024, 112)
     torch.manual_seed(0)
     cases = [

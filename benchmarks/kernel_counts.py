@@ -21,12 +21,12 @@ from collections import Counter
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lightning_invariance import InvarianceDeviation, Probe, _sync
+from lightning_invariance import InvarianceDeviation, Probe
 from lightning_invariance._layers import ACCELERATOR_CHUNK_SIZE
 from lightning_invariance.groups import Dihedral
 from lightning_invariance.metrics import LinearMapFit, NormalizedVariance
 
-from _common import resnet18, small_cnn, table
+from _common import accelerator_path_device, add_accelerator_path_arguments, resnet18, small_cnn, table
 
 #: Operations that only make a new view of the same memory (no kernel).
 VIEWS = frozenset({
@@ -77,11 +77,9 @@ def probe_operations(model: torch.nn.Module, inputs: torch.Tensor, layers: list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
-    parser.add_argument("--device", default=None, help="run on this device (default: emulate an accelerator on CPU)")
+    add_accelerator_path_arguments(parser)
     args = parser.parse_args()
-    device = torch.device(args.device or "cpu")
-    if args.device is None:
-        _sync.HOST_BRANCH_DEVICES = frozenset()  # the accelerators' path, taken on the CPU
+    device = accelerator_path_device(args.device)
     samples = (16, 32) if args.quick else (32, 256, 1024)
     cases = [("class scores", (10,)), ("pooled features", (512,)), ("feature map 32x16x16", (32, 16, 16))]
     metrics = {
