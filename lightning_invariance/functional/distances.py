@@ -184,7 +184,7 @@ def _scaled_norm(rows: Tensor) -> Tensor:
     power of two is exact, so a row whose squares do neither gets the plain float32 norm bit for bit (the sums run in
     the same order). A NaN or inf row stays NaN or inf (its exponent is unspecified, the clamp keeps it finite).
     """
-    largest = torch.linalg.vector_norm(rows, ord=math.inf, dim=-1, keepdim=True)
+    largest = torch.linalg.vector_norm(rows.detach(), ord=math.inf, dim=-1, keepdim=True)  # scale: no gradient
     exponent = torch.frexp(largest).exponent.clamp_(-120, 120)
     scale = torch.exp2(exponent.neg_().to(rows.dtype))
     norm = torch.linalg.vector_norm(rows.mul_(scale), dim=-1).to(torch.float64)
