@@ -86,8 +86,10 @@ def test_blocks_of_samples_give_the_numbers_of_one_pass(monkeypatch) -> None:
         return results
 
     whole = scores()
-    # orbits in blocks of 5 samples (30 blocks), the normaliser's rows in pieces of its window (64, 64, 22)
-    monkeypatch.setattr(_sync, "HOST_BLOCK_VALUES", 4 * 5 * 3 * 6 * 6)
+    # the accelerators' path: orbits in blocks of 5 samples (30 blocks), the normaliser's rows in pieces of its
+    # window (64, 64, 22)
+    monkeypatch.setattr(_sync, "HOST_BRANCH_DEVICES", frozenset())
+    monkeypatch.setattr(_sync, "ACCELERATOR_BLOCK_VALUES", 4 * 5 * 3 * 6 * 6)
     assert _sync.samples_per_block(orbit) == 5
     blocked = scores()
     for name, value in whole.items():

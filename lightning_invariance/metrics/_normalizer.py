@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_invariance._sync import block_values
+from lightning_invariance._sync import block_values, branches_on_host
 from lightning_invariance.functional.normalizer import Segment, extend_segment, join_segments
 from lightning_invariance.metrics._records import make_record, read_records
 
@@ -85,10 +85,12 @@ class WindowNormalizer(Metric):
             queue.append(rows.detach().clone())  # a view into features a later in-place op may change
             self.__dict__["_queue_rows"] = queued_rows
             return
-        # paired now, so no copy to keep; in pieces that fill a block of values with the window of rows before them,
-        # so that the pairing's copies of a large layer's rows stay within one
-        window = self._pairing[1]
-        piece_rows = max(window, block_values(rows.device) // max(1, rows[0].numel()) - window)
+        # paired now, so no copy to keep. On accelerators in pieces that fill a block of values with the window of
+        # rows before them, so that the pairing's copies of a large layer's rows stay within one; the CPU's blocks are
+        # sized for its cache, and pieces that small made a large update a quarter slower there: one piece
+        window, piece_rows = self._pairing[1], rows.shape[0]
+        if not branches_on_host(rows.device):
+            piece_rows = max(window, block_values(rows.device) // max(1, rows[0].numel()) - window)
         pieces = list(rows.detach().split(piece_rows))
         if queue:  # the queue holds fewer than QUEUE_VALUES values: a small copy
             pieces[0] = torch.cat([*queue, pieces[0]])
