@@ -25,7 +25,14 @@ import weakref
 import torch
 from torch import Tensor
 
-__all__ = ["HOST_BRANCH_DEVICES", "block_values", "branches_on_host", "constant_on", "samples_per_block"]
+__all__ = [
+    "HOST_BRANCH_DEVICES",
+    "block_values",
+    "branches_on_host",
+    "constant_on",
+    "sample_blocks",
+    "samples_per_block",
+]
 
 #: Device types on which the hot path may read tensor values on the host to branch.
 HOST_BRANCH_DEVICES = frozenset({"cpu"})
@@ -54,6 +61,12 @@ def samples_per_block(orbit: Tensor, share: int = 1) -> int:
     if orbit.numel() <= limit:
         return max(1, orbit.shape[1])
     return max(1, limit // max(1, orbit[:, :1].numel()))
+
+
+def sample_blocks(orbit: Tensor, share: int = 1) -> list[slice]:
+    """The blocks of :func:`samples_per_block` as slices of the sample axis, in order (one, empty, for no samples)."""
+    step = samples_per_block(orbit, share)
+    return [slice(start, start + step) for start in range(0, max(1, orbit.shape[1]), step)]
 
 
 #: Copies made by :func:`constant_on`, by the ``id`` of the constant they copy (dropped with it).

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from lightning_invariance._checks import check_orbit_features
-from lightning_invariance._sync import samples_per_block
+from lightning_invariance._sync import sample_blocks
 from lightning_invariance.functional.distances import (
     DISTANCES,
     REFERENCES,
@@ -195,28 +195,24 @@ def _distances(
 ) -> tuple[Tensor, Tensor]:
     """``(|G|, N)`` distances to the reference (or to the action's image of ``f(x)``), and the distance space.
 
-    Large orbits go in blocks of samples (:func:`~lightning_invariance._sync.samples_per_block`): each block's
+    Large orbits go in blocks of samples (:func:`~lightning_invariance._sync.sample_blocks`): each block's
     reference and distances are computed together, so no temporary is larger than a block.
     """
     space = to_distance_space(orbit, distance, apply_softmax)
     equivariant = action is not None and not action.trivial
-    num_elements, num_samples = space.shape[:2]
-    block = samples_per_block(space)
+    num_elements = space.shape[0]
     rows = []
-    for start in range(0, num_samples, block):
-        part = space[:, start : start + block]
+    for block in sample_blocks(space):
+        part = space[:, block]
         if equivariant:
-            moved = _moved(orbit[0, start : start + block], action, num_elements)
+            moved = _moved(orbit[0, block], action, num_elements)
             target = to_distance_space(moved, distance, apply_softmax)
         else:
             target = orbit_reference(part, distance, reference)
         if masks is not None:  # (|G|, D) over the flattened features
             part, target = part * masks.unsqueeze(1), target * masks.unsqueeze(1)
         rows.append(per_sample_distance(part, target, distance))
-    if len(rows) == 1:
-        return rows[0], space
-    distances = torch.cat(rows, dim=1) if rows else space.new_zeros((num_elements, 0), dtype=torch.float64)
-    return distances, space
+    return rows[0] if len(rows) == 1 else torch.cat(rows, dim=1), space
 
 
 def _moved(features: Tensor, action: RepresentationAction, num_elements: int) -> Tensor:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_invariance._checks import check_orbit_features
-from lightning_invariance._sync import samples_per_block
+from lightning_invariance._sync import sample_blocks
 from lightning_invariance.functional.deviation import NAN_STRATEGIES, drop_non_finite
 from lightning_invariance.functional.distances import check_choice
 from lightning_invariance.functional.normalizer import DEFAULT_NORMALIZER_WINDOW, window_pair_sums
@@ -37,9 +37,9 @@ def pooled_orbit(orbit_features: Tensor, pool_size: int = 2, max_features: int =
     check_orbit_features(orbit_features)
     if orbit_features.is_complex():
         orbit_features = torch.view_as_real(orbit_features).movedim(-1, 2).flatten(2, 3)  # real, imaginary channels
-    step = samples_per_block(orbit_features, share=2)  # a float64 copy of a block at a time: pooling is per sample
-    starts = range(0, max(1, orbit_features.shape[1]), step)
-    blocks = [_pooled(orbit_features[:, start : start + step], pool_size) for start in starts]
+    blocks = [  # a float64 copy of a block at a time: pooling is per sample
+        _pooled(orbit_features[:, block], pool_size) for block in sample_blocks(orbit_features, share=2)
+    ]
     flat = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
     if flat.shape[-1] > max_features:
         flat = flat @ _projection(flat.shape[-1], max_features, seed, flat.device)

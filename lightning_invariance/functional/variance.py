@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from lightning_invariance._checks import check_orbit_features
-from lightning_invariance._sync import samples_per_block
+from lightning_invariance._sync import sample_blocks
 from lightning_invariance.functional.distances import exact_arithmetic
 
 __all__ = ["DEFINITIONS", "chan_merge", "normalized_variance", "unit_activations"]
@@ -88,13 +88,13 @@ def _variance_update(orbit_features: Tensor, definition: str) -> tuple[Tensor, i
 
     The orbit spread is each sample's variance over the group (``"channel_variance"``) or standard deviation with
     ``|G| - 1`` in the denominator (``"tmeasures"``); a sample's orbit is complete in its batch. Large batches go in
-    blocks of samples (:func:`~lightning_invariance._sync.samples_per_block`), merged as updates merge, so that the
+    blocks of samples (:func:`~lightning_invariance._sync.sample_blocks`), merged as updates merge, so that the
     float64 temporaries stay within a block.
     """
     check_orbit_features(orbit_features, min_samples=1)
-    step = samples_per_block(orbit_features, share=4)  # a float64 copy of the block and float64 squares of it
-    starts = range(0, orbit_features.shape[1], step)
-    blocks = [_block_update(orbit_features[:, start : start + step], definition) for start in starts]
+    blocks = [  # a float64 copy of the block and float64 squares of it at a time
+        _block_update(orbit_features[:, block], definition) for block in sample_blocks(orbit_features, share=4)
+    ]
     spread_sum, num_samples, columns = blocks[0]
     for block_spread, block_samples, block_columns in blocks[1:]:
         spread_sum, num_samples = spread_sum + block_spread, num_samples + block_samples
