@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
 from lightning_invariance._checks import check_optional_positive
+from lightning_invariance._host_memory import settle_host_allocator
 from lightning_invariance._rng import cuda_indices, fork_rng
 
 __all__ = [
@@ -159,10 +160,14 @@ def device_of(model: nn.Module, fallback: torch.device) -> torch.device:
 def measuring(model: nn.Module, device: torch.device) -> Iterator[None]:
     """Eval mode, no autograd, eager execution and private RNG streams; modes restored on the way out.
 
+    On the CPU, glibc's malloc is first left to keep freed memory for reuse (:mod:`~lightning_invariance._host_memory`).
+
     Compiled code (``torch.compile`` of the model or of a submodule) runs eagerly here: dynamo would otherwise trace
     the measuring hooks into the graph, or skip hooks registered after compilation, and the captured layers would
     see nothing. The values are those of the eager model, which a compiled model matches to float tolerance.
     """
+    if device.type == "cpu":
+        settle_host_allocator()  # no page faults for each chunk's temporaries (see _host_memory)
     modes = [(module, module.training) for module in model.modules()]
     try:
         with torch.no_grad(), fork_rng(cuda_indices(device)), _eager(model):
