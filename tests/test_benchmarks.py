@@ -23,6 +23,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("graph_overhead.py", "orbits built whole"),
         ("full_size.py", "loop / probe, layers"),
         ("accelerator_memory.py", "probe / floor"),
+        ("page_faults.py", "page faults / probe pass"),
     ],
 )
 def test_benchmark_script_runs(script, expected):
