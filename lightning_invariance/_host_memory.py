@@ -5,9 +5,9 @@ to the system once more than twice that threshold lies free there. The threshold
 the size of any mmap-served block that is freed, up to 32 MiB. A process whose largest temporaries are a few MiB
 (a small CNN on small images) keeps low thresholds, and the probe's temporaries (the captured layers of a chunk,
 a block's difference to the centroid) then grow the heap by some MiB and give it back at every chunk: each page
-faulted in again, zeroed by the kernel. A probe pass of the small CNN of ``benchmarks/probe_overhead.py`` took
-20k-190k such page faults, about 1 µs each, and cost 2.1-2.5x its forward passes under C4 where it cost 1.9-2.0x
-without them.
+faulted in again, zeroed by the kernel. A probe pass of 4 layers of the small CNN of ``benchmarks/probe_overhead.py``
+took 84k-168k such page faults and cost 2.3-2.4x its forward passes under C4 and D4; with the thresholds settled,
+1k-2k faults and 2.1x and 1.7x (``benchmarks/page_faults.py``).
 
 :func:`settle_host_allocator` frees one 31 MiB block, once per process, so that the thresholds are where a
 process that ever freed such a tensor (a batch of 256 images of 3x96x96, say) has them anyway: blocks of up to
