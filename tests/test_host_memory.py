@@ -43,7 +43,12 @@ def _reuse_faults(case: str) -> int:
 
 
 def test_a_cpu_measurement_keeps_freed_temporaries_for_reuse():
-    fresh = _reuse_faults("fresh")
-    if fresh < 500:  # about 4000 pages of 4 KiB; huge pages or fixed malloc thresholds would not show the difference
-        pytest.skip(f"a fresh process faulted only {fresh} pages per chunk of three 8 MiB temporaries here")
-    assert _reuse_faults("after a measurement") < 100
+    # Whether a fresh process gives its heap back at all varies from run to run (its memory layout): about one in
+    # three here faulted nothing, and shows no difference. Look for one that does, then measure after a measurement.
+    fresh = []
+    while len(fresh) < 4 and (not fresh or fresh[-1] < 500):  # about 4000 pages of 4 KiB when it gives back
+        fresh.append(_reuse_faults("fresh"))
+    if fresh[-1] < 500:  # huge pages or fixed malloc thresholds would not show it either
+        pytest.skip(f"fresh processes faulted only {fresh} pages per chunk of three 8 MiB temporaries here")
+    after = [_reuse_faults("after a measurement") for _ in range(3)]  # each would fault ~4000 pages in 2 of 3
+    assert max(after) < 100, after
