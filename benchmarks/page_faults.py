@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import multiprocessing
 import resource
 import statistics
@@ -19,13 +20,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from probe_overhead import floor_run, probe_run
 
-from lightning_invariance import InvarianceDeviation, Probe
 from lightning_invariance.groups import CyclicRotation, Dihedral
 
 from _common import device_name, small_cnn, table
 
-LAYERS = ["output", "1", "3", "6"]
+LAYERS, CHUNK = ["output", "1", "3", "6"], 128  # the layers of probe_overhead.py with L = 4, the CPU chunk
 
 
 def _faults_and_seconds(fn: Callable[[], Any]) -> tuple[int, float]:
@@ -43,19 +44,8 @@ def _worker(settled: bool, size: int, num_inputs: int, repeats: int) -> tuple[fl
     torch.manual_seed(0)
     group = CyclicRotation(4) if size == 4 else Dihedral(4)
     model, inputs = small_cnn().eval(), torch.randn(num_inputs, 1, 16, 16)
-    probe, per_chunk = Probe(model, group, layers=LAYERS, chunk_size=128), 128 // size
-
-    def floor() -> None:
-        with torch.no_grad():
-            for start in range(0, num_inputs, per_chunk):
-                model(group.orbit(inputs[start : start + per_chunk]).flatten(0, 1))
-
-    def measure() -> None:
-        metrics = {layer: InvarianceDeviation(size) for layer in LAYERS}
-        probe.update(inputs, metrics)
-        for metric in metrics.values():
-            metric.compute_summary()
-
+    floor = floor_run(model, inputs, group, CHUNK, contextlib.nullcontext)  # as probe_overhead.py measures them
+    measure = probe_run(model, inputs, group, LAYERS, CHUNK, contextlib.nullcontext)
     floor(), measure()  # warm-up
     rounds = [(_faults_and_seconds(floor), _faults_and_seconds(measure)) for _ in range(repeats)]
     ratio = statistics.median(probe[1] / bare[1] for bare, probe in rounds)

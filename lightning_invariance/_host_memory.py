@@ -6,9 +6,9 @@ the size of any mmap-served block that is freed, up to 32 MiB. A process whose l
 (a small CNN on small images) keeps low thresholds, and the probe's temporaries (the captured layers of a chunk,
 a block's difference to the centroid) then grow the heap by some MiB and, in about two processes of three here (it
 varies with where the heap lies), give it back at every other chunk: each page faulted in again, zeroed by the
-kernel. A probe pass of 4 layers of the small CNN of ``benchmarks/probe_overhead.py`` took 84k-168k such page
-faults and cost 2.3-2.4x its forward passes under C4 and D4 (medians of 3 processes); with the thresholds settled,
-1k-2k faults and 2.1x and 1.7x (``benchmarks/page_faults.py``).
+kernel. A probe pass of 4 layers of the small CNN of ``benchmarks/probe_overhead.py`` took 140k-193k such page
+faults and cost 2.4-2.5x its forward passes under C4 and D4 (medians of 3 processes); with the thresholds settled,
+1.4k-2k faults and 2.2x and 1.7x (``benchmarks/page_faults.py``).
 
 :func:`settle_host_allocator` frees one 31 MiB block, once per process, so that the thresholds are where a
 process that ever freed such a tensor (a batch of 256 images of 3x96x96, say) has them anyway: blocks of up to
