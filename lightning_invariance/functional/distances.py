@@ -155,9 +155,13 @@ def power_of_two_scale(largest: Tensor) -> Tensor:
     overflow (float32 features of 1e20) or underflow.
     """
     usable = (largest > 0) & (largest < math.inf)  # False for NaN too (torch.isfinite is four kernels)
-    exponent = torch.frexp(torch.where(usable, largest, torch.ones_like(largest))).exponent
+    return _inverse_power_of_two(torch.where(usable, largest, torch.ones_like(largest)))
+
+
+def _inverse_power_of_two(largest: Tensor) -> Tensor:
+    """``2^-e`` for ``largest = m 2^e`` (``m`` in ``[0.5, 1)``), ``e`` clamped so that the scale stays finite."""
     limit = 120 if largest.dtype == torch.float32 else 1000
-    return torch.exp2(-exponent.clamp(-limit, limit).to(largest.dtype))
+    return torch.exp2(torch.frexp(largest).exponent.clamp(-limit, limit).neg().to(largest.dtype))
 
 
 def largest_magnitude(x: Tensor) -> Tensor:
@@ -185,8 +189,7 @@ def _scaled_norm(rows: Tensor) -> Tensor:
     the same order). A NaN or inf row stays NaN or inf (its exponent is unspecified, the clamp keeps it finite).
     """
     largest = torch.linalg.vector_norm(rows.detach(), ord=math.inf, dim=-1, keepdim=True)  # scale: no gradient
-    exponent = torch.frexp(largest).exponent.clamp_(-120, 120)
-    scale = torch.exp2(exponent.neg_().to(rows.dtype))
+    scale = _inverse_power_of_two(largest)  # without power_of_two_scale's guard: five operations fewer a block
     norm = torch.linalg.vector_norm(rows.mul_(scale), dim=-1).to(torch.float64)
     return norm / scale.squeeze(-1).to(torch.float64)
 
