@@ -69,8 +69,7 @@ class WindowNormalizer(Metric):
             return
         if self.__dict__.get("_live_segment") is None and not self.__dict__.get("_queue"):
             segment, total, count = _fold(self.__dict__.get("_boundary_records", []), *self._pairing)
-            self.pair_sum.add_(total.to(self.pair_sum.device))
-            self.pair_count.add_(float(count))
+            self._add_pairs(total, count)
             self.__dict__.update(_boundary_records=[], _live_segment=segment, _queue=[], _queue_rows=0)
         queue, live = self.__dict__["_queue"], self.__dict__["_live_segment"]
         expected = queue[0].shape[1:] if queue else live.tail.shape[1:] if live is not None else rows.shape[1:]
@@ -96,9 +95,13 @@ class WindowNormalizer(Metric):
             pieces[0] = torch.cat([*queue, pieces[0]])
         for piece in pieces:
             live, total, count = _settle(live, piece, *self._pairing)
-            self.pair_sum.add_(total.to(self.pair_sum.device))
-            self.pair_count.add_(float(count))
+            self._add_pairs(total, count)
         self.__dict__.update(_live_segment=live, _queue=[], _queue_rows=0)
+
+    def _add_pairs(self, total: Tensor, count: int) -> None:
+        """Add pairs' distance sum and count to the states."""
+        self.pair_sum.add_(total.to(self.pair_sum.device))
+        self.pair_count.add_(float(count))
 
     def _normalizer_mean(self) -> Tensor:
         """The mean distance between different inputs over every pair so far (NaN without pairs); reads only."""
