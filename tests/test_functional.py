@@ -207,6 +207,36 @@ def test_window_pairs_by_gram_matrix_equal_elementwise_pairs(distance):
     assert total.item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
 
 
+@pytest.mark.parametrize("distance", ["euclidean", "cosine", "kl", "discrete"])
+@pytest.mark.parametrize("window", [2, 31, 33, 64, 100])
+def test_window_pairs_of_a_stream_cut_anywhere_equal_elementwise_pairs(distance, window):
+    """Pieces of any length, appended and joined, against plain pairs (blocks of 32 rows, windows around that)."""
+    from lightning_invariance.functional.normalizer import PAIRING_ROWS, extend_segment, join_segments
+
+    generator = torch.Generator().manual_seed(window)
+    batches = [torch.randn(2, n, 5, dtype=torch.float64, generator=generator) for n in (1, 40, 7, 90, 33, 2)]
+    batches.append(torch.randn(2, PAIRING_ROWS + 70, 5, dtype=torch.float64, generator=generator))
+    reference_total, reference_count = reference_pair_sums(batches, distance, window=window)
+    rows = [_distance_space(orbit[0], distance) for orbit in batches]
+    left, total, count = None, 0.0, 0
+    for piece in rows[:4]:  # appended one after another
+        left, added, added_count = extend_segment(left, piece, distance, window)
+        total, count = total + float(added), count + added_count
+    right = None
+    for piece in rows[4:]:  # a second stream, joined after the first
+        right, added, added_count = extend_segment(right, piece, distance, window)
+        total, count = total + float(added), count + added_count
+    _, added, added_count = join_segments(left, right, distance, window)
+    assert count + added_count == reference_count
+    assert total + float(added) == pytest.approx(reference_total, rel=1e-10)
+
+
+def _distance_space(features: torch.Tensor, distance: str) -> torch.Tensor:
+    from lightning_invariance.functional.distances import to_distance_space
+
+    return to_distance_space(features.unsqueeze(0), distance, apply_softmax=True)[0]
+
+
 def test_kl_pairs_with_zero_probabilities():
     probs = torch.tensor([[[0.5, 0.5, 0.0], [0.2, 0.3, 0.5], [0.0, 0.0, 1.0]]], dtype=torch.float64)
     value = invariance_deviation(probs.expand(2, 3, 3), distance="kl", apply_softmax=False, normalize=True)

@@ -16,10 +16,13 @@ and pair distances come from Gram matrices of blocks of ``window`` rows, in floa
 and for ``kl``), with autocast off and the scales applied in float64, so no square overflows; sums are float64. A
 segment carries its tail's prepared form, so a stream prepares each row once.
 
-Every row's partners lie in its own block of ``window`` rows or in the block before, so new rows are paired in one
-batched pass: two batched Gram products (each block with itself, and with the block before) and two masked sums,
-whatever the number of rows (in pieces of :data:`PAIRING_ROWS`). On a GPU each operation is a kernel launch the host
-issues, so their number, not their size, is what a small layer's pairing costs there.
+New rows are paired in one batched pass: they are cut into blocks of :data:`PAIRING_BLOCK` rows, and each block is
+multiplied with its window, the block itself and the ``window - 1`` rows before it (overlapping views of the same
+rows, not copies): one batched Gram product and one masked sum whatever the number of rows (in pieces of
+:data:`PAIRING_ROWS`), and ``PAIRING_BLOCK + window - 1`` products per row where ``window - 1`` are pairs (95 for 63
+at the default window; blocks of ``window`` rows paired with themselves and with the block before took 128). On a GPU
+each operation is a kernel launch the host issues, so their number, not their size, is what a small layer's pairing
+costs there.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ __all__ = ["DEFAULT_NORMALIZER_WINDOW", "Segment", "extend_segment", "join_segme
 DEFAULT_NORMALIZER_WINDOW = 64
 #: New rows are paired in pieces of at most this many (bounds the batched Gram products and the cached masks).
 PAIRING_ROWS = 1 << 10
+#: New rows are paired in blocks of this many (or ``window``, if smaller), each against itself and the rows before it.
+PAIRING_BLOCK = 32
 
 
 class PreparedRows:
@@ -90,11 +95,18 @@ class PreparedRows:
         """The rows (a multiple of ``size``) as ``(len // size, size, ...)`` blocks, for batched pair matrices."""
         return PreparedRows(self.distance, {name: part.unflatten(0, (-1, size)) for name, part in self.parts.items()})
 
-    def cat(self, other: PreparedRows, length: int | None = None) -> PreparedRows:
-        """These rows followed by ``other``'s (on its device), then zero rows up to ``length`` rows if given."""
-        parts, padding = {}, 0 if length is None else length - len(self) - len(other)
+    def windows(self, step: int, span: int) -> PreparedRows:
+        """``(blocks, span, ...)`` overlapping views: rows ``[b step, b step + span)`` for each block ``b``."""
+        return PreparedRows(
+            self.distance, {name: part.unfold(0, span, step).movedim(-1, 1) for name, part in self.parts.items()}
+        )
+
+    def cat(self, other: PreparedRows, lead: int = 0, length: int | None = None) -> PreparedRows:
+        """``lead`` zero rows, these rows, ``other``'s (on its device), zero rows up to ``length`` in all if given."""
+        parts, padding = {}, 0 if length is None else length - lead - len(self) - len(other)
         for name, part in other.parts.items():
-            pieces = [self.parts[name].to(part.device), part]
+            pieces = [part.new_zeros((lead, *part.shape[1:]))] if lead else []
+            pieces += [self.parts[name].to(part.device), part]
             if padding:
                 pieces.append(part.new_zeros((padding, *part.shape[1:])))
             parts[name] = torch.cat(pieces)
@@ -192,39 +204,36 @@ def _banded_sums(old: PreparedRows, new: PreparedRows, window: int, cross_only: 
 def _piece_sums(before: PreparedRows, rows: PreparedRows, window: int, cross_only: bool) -> tuple[Tensor, int]:
     """The pairs of :func:`_banded_sums` for ``rows`` after ``before``, in one batched pass.
 
-    ``[before; rows]`` is cut into blocks of ``window`` rows (zero rows pad the last). A row's partners (fewer than
-    ``window`` rows before it) lie in its own block or the one before, so two batched pair matrices hold every pair:
-    each block with itself, and each block with the block before; cached masks keep the pairs asked for.
+    ``rows`` are cut into blocks of :data:`PAIRING_BLOCK` rows (zero rows pad the last), and each block is paired with
+    its window: the ``window - 1`` rows before the block and the block itself, views of ``[zeros; before; rows]``
+    (zero rows standing for partners before the stream's first row). A cached mask keeps the pairs asked for.
     """
-    length = len(before) + len(rows)
-    blocks = before.cat(rows, -(-length // window) * window).blocks(window)
+    keep, step = window - 1, min(PAIRING_BLOCK, window)
+    num_blocks = -(-len(rows) // step)
+    stream = before.cat(rows, lead=keep - len(before), length=keep + num_blocks * step)
     device = next(iter(rows.parts.values())).device
-    same, previous, count = _band_masks(len(before), len(rows), window, cross_only, device)
-    total = torch.where(same, blocks.pair_matrix(blocks), 0.0).sum()
-    if previous.shape[0]:
-        total = total + torch.where(previous, blocks[1:].pair_matrix(blocks[:-1]), 0.0).sum()
-    return total, count
+    mask, count = _band_mask(len(before), len(rows), window, step, cross_only, device)
+    pairs = stream[keep:].blocks(step).pair_matrix(stream.windows(step, step + keep))
+    return torch.where(mask, pairs, 0.0).sum(), count
 
 
 @functools.lru_cache(maxsize=32)  # a stream of queues uses a few shapes per layer
-def _band_masks(
-    num_before: int, num_rows: int, window: int, cross_only: bool, device: torch.device
-) -> tuple[Tensor, Tensor, int]:
-    """Which entries of :func:`_piece_sums`' pair matrices are pairs, and how many ordered pairs they hold.
+def _band_mask(
+    num_before: int, num_rows: int, window: int, step: int, cross_only: bool, device: torch.device
+) -> tuple[Tensor, int]:
+    """Which entries of :func:`_piece_sums`' pair matrix are pairs, and how many ordered pairs they hold.
 
-    ``(blocks, window, window)``: row ``j`` of each block (a row of ``rows``) against column ``i`` of the same block
-    (``i < j``), and ``(blocks - 1, window, window)`` against column ``i`` of the block before (``j - i < window``),
-    ``i`` in ``before`` only if ``cross_only``. The same pieces recur all along a stream, so each is built once and
-    copied to the device once.
+    The matrix is ``(blocks, step, step + window - 1)``. Row ``r`` of block ``b`` is row ``j = b step + r`` of
+    ``rows``; column ``c`` of its window is row ``i = b step + c - (window - 1)`` (``i < 0``: a row of ``before``, or
+    padding before it). A pair is ``0 < j - i < window`` (``r <= c < r + window - 1``) with ``j`` a row of ``rows`` and
+    ``i`` a row of ``before`` or ``rows`` (of ``before`` only if ``cross_only``). The same pieces recur all along a
+    stream, so each mask is built once and copied to the device once.
     """
-    length = num_before + num_rows
-    position = torch.arange(-(-length // window) * window).view(-1, window)  # (blocks, window)
-    is_new = (position >= num_before) & (position < length)
-    j, i_same = position.unsqueeze(-1), position.unsqueeze(-2)
-    same = is_new.unsqueeze(-1) & (i_same < j)
-    i_previous = i_same[:-1]
-    previous = is_new[1:].unsqueeze(-1) & (j[1:] - i_previous < window)
+    keep = window - 1
+    block = torch.arange(-(-num_rows // step)).view(-1, 1, 1)
+    r, c = torch.arange(step).view(1, -1, 1), torch.arange(step + keep).view(1, 1, -1)
+    j, i = block * step + r, block * step + c - keep
+    mask = (c >= r) & (c < r + keep) & (j < num_rows) & (i >= -num_before)
     if cross_only:
-        same, previous = same & (i_same < num_before), previous & (i_previous < num_before)
-    count = 2 * int(same.sum() + previous.sum())  # both orders of each pair
-    return same.to(device), previous.to(device), count
+        mask = mask & (i < 0)
+    return mask.to(device), 2 * int(mask.sum())  # both orders of each pair
