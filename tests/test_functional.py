@@ -231,6 +231,21 @@ def test_window_pairs_of_a_stream_cut_anywhere_equal_elementwise_pairs(distance,
     assert total + float(added) == pytest.approx(reference_total, rel=1e-10)
 
 
+def test_a_window_longer_than_the_stream_pairs_only_the_rows_there_are(monkeypatch):
+    """normalizer_window=10**6 on 40 samples: every pair, from matrices as wide as the stream, not the window."""
+    from lightning_invariance.functional import normalizer
+
+    widths = []
+    pair_matrix = normalizer.PreparedRows.pair_matrix
+    monkeypatch.setattr(
+        normalizer.PreparedRows, "pair_matrix", lambda a, b: widths.append(len(b.parts["rows"][0])) or pair_matrix(a, b)
+    )
+    orbit = torch.randn(2, 40, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    value = invariance_deviation(orbit, normalize=True, normalizer_window=10**6)
+    assert value.item() == pytest.approx(reference_geed([orbit], normalize=True, window=10**6), rel=1e-9)
+    assert widths and max(widths) <= 40 + normalizer.PAIRING_BLOCK
+
+
 def _distance_space(features: torch.Tensor, distance: str) -> torch.Tensor:
     from lightning_invariance.functional.distances import to_distance_space
 

@@ -205,35 +205,36 @@ def _piece_sums(before: PreparedRows, rows: PreparedRows, window: int, cross_onl
     """The pairs of :func:`_banded_sums` for ``rows`` after ``before``, in one batched pass.
 
     ``rows`` are cut into blocks of :data:`PAIRING_BLOCK` rows (zero rows pad the last), and each block is paired with
-    its window: the ``window - 1`` rows before the block and the block itself, views of ``[zeros; before; rows]``
-    (zero rows standing for partners before the stream's first row). A cached mask keeps the pairs asked for.
+    its window: the block itself and the ``reach`` rows before it (``window - 1``, or fewer where the piece and the
+    rows before it hold fewer), views of ``[zeros; before; rows]``; zero rows stand for partners before the stream's
+    first row. A cached mask keeps the pairs asked for.
     """
-    keep, step = window - 1, min(PAIRING_BLOCK, window)
+    step = min(PAIRING_BLOCK, window)
+    reach = min(window - 1, len(before) + len(rows) - 1)  # no window reaches further back than the stream does
     num_blocks = -(-len(rows) // step)
-    stream = before.cat(rows, lead=keep - len(before), length=keep + num_blocks * step)
+    stream = before.cat(rows, lead=reach - len(before), length=reach + num_blocks * step)
     device = next(iter(rows.parts.values())).device
-    mask, count = _band_mask(len(before), len(rows), window, step, cross_only, device)
-    pairs = stream[keep:].blocks(step).pair_matrix(stream.windows(step, step + keep))
+    mask, count = _band_mask(len(before), len(rows), window, step, reach, cross_only, device)
+    pairs = stream[reach:].blocks(step).pair_matrix(stream.windows(step, step + reach))
     return torch.where(mask, pairs, 0.0).sum(), count
 
 
 @functools.lru_cache(maxsize=32)  # a stream of queues uses a few shapes per layer
 def _band_mask(
-    num_before: int, num_rows: int, window: int, step: int, cross_only: bool, device: torch.device
+    num_before: int, num_rows: int, window: int, step: int, reach: int, cross_only: bool, device: torch.device
 ) -> tuple[Tensor, int]:
     """Which entries of :func:`_piece_sums`' pair matrix are pairs, and how many ordered pairs they hold.
 
-    The matrix is ``(blocks, step, step + window - 1)``. Row ``r`` of block ``b`` is row ``j = b step + r`` of
-    ``rows``; column ``c`` of its window is row ``i = b step + c - (window - 1)`` (``i < 0``: a row of ``before``, or
-    padding before it). A pair is ``0 < j - i < window`` (``r <= c < r + window - 1``) with ``j`` a row of ``rows`` and
+    The matrix is ``(blocks, step, step + reach)``. Row ``r`` of block ``b`` is row ``j = b step + r`` of ``rows``;
+    column ``c`` of its window is row ``i = b step + c - reach`` (``i < 0``: a row of ``before``, or padding before
+    it). A pair is ``0 < j - i < window`` (``r + reach - window < c < r + reach``) with ``j`` a row of ``rows`` and
     ``i`` a row of ``before`` or ``rows`` (of ``before`` only if ``cross_only``). The same pieces recur all along a
     stream, so each mask is built once and copied to the device once.
     """
-    keep = window - 1
     block = torch.arange(-(-num_rows // step)).view(-1, 1, 1)
-    r, c = torch.arange(step).view(1, -1, 1), torch.arange(step + keep).view(1, 1, -1)
-    j, i = block * step + r, block * step + c - keep
-    mask = (c >= r) & (c < r + keep) & (j < num_rows) & (i >= -num_before)
+    r, c = torch.arange(step).view(1, -1, 1), torch.arange(step + reach).view(1, 1, -1)
+    j, i = block * step + r, block * step + c - reach
+    mask = (c > r + reach - window) & (c < r + reach) & (j < num_rows) & (i >= -num_before)
     if cross_only:
         mask = mask & (i < 0)
     return mask.to(device), 2 * int(mask.sum())  # both orders of each pair
