@@ -22,7 +22,7 @@ from lightning_invariance.metrics import (
 )
 
 VIEWS = {"alias", "as_strided", "detach", "expand", "permute", "reshape", "select", "slice", "squeeze", "t"}
-VIEWS |= {"transpose", "unbind", "unflatten", "unsqueeze", "view", "_unsafe_view", "_reshape_alias", "split"}
+VIEWS |= {"transpose", "unbind", "unflatten", "unfold", "unsqueeze", "view", "_unsafe_view", "_reshape_alias", "split"}
 
 
 class LargestTemporary(TorchDispatchMode):
