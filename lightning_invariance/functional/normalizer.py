@@ -12,9 +12,9 @@ number of processes.
 Rows are the samples' representations in distance space (see
 :func:`~lightning_invariance.functional.distances.to_distance_space`): flattened features, log-probabilities or
 labels. Each row is prepared once (:class:`PreparedRows`: scaled by its own power of two, its squared norm taken),
-and pair distances come from Gram matrices of blocks of ``window`` rows, in float32 (float64 for float64 features
-and for ``kl``), with autocast off and the scales applied in float64, so no square overflows; sums are float64. A
-segment carries its tail's prepared form, so a stream prepares each row once.
+and pair distances come from Gram matrices (blocks of rows against the rows before them), in float32 (float64 for
+float64 features and for ``kl``), with autocast off and the scales applied in float64, so no square overflows; sums
+are float64. A segment carries its tail's prepared form, so a stream prepares each row once.
 
 New rows are paired in one batched pass: they are cut into blocks of :data:`PAIRING_BLOCK` rows, and each block is
 multiplied with its window, the block itself and the ``window - 1`` rows before it (overlapping views of the same
