@@ -31,7 +31,7 @@ from _common import accelerator_path_device, add_accelerator_path_arguments, res
 #: Operations that only make a new view of the same memory (no kernel).
 VIEWS = frozenset({
     "alias", "as_strided", "detach", "expand", "permute", "reshape", "select", "slice", "split", "squeeze", "t",
-    "transpose", "unbind", "unflatten", "unsqueeze", "view", "_unsafe_view", "_reshape_alias",
+    "transpose", "unbind", "unflatten", "unfold", "unsqueeze", "view", "_unsafe_view", "_reshape_alias",
 })  # fmt: skip
 
 

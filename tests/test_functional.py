@@ -276,8 +276,24 @@ def test_skipping_every_sample_leaves_nothing_to_average():
     assert math.isnan(value.item())
 
 
-def test_the_fast_reductions_equal_the_plain_ones() -> None:
+def test_power_of_two_scales_are_exact_and_finite() -> None:
+    """Each largest value scaled into [0.5, 1) by a power of two; 1 for 0; finite for NaN and inf (which stay so)."""
+    from lightning_invariance.functional.distances import power_of_two_scale
+
+    largest = torch.tensor([3.0, 1e-30, 1e30, 0.0, float("inf"), float("nan")])
+    scale = power_of_two_scale(largest)
+    assert torch.isfinite(scale).all() and (scale > 0).all()
+    assert torch.equal(torch.frexp(scale).mantissa, torch.full_like(scale, 0.5))  # powers of two
+    scaled = largest * scale
+    assert ((scaled[:3] >= 0.5) & (scaled[:3] < 1)).all() and scale[3] == 1
+    assert scaled[4] == float("inf") and scaled[5].isnan()
+
+
+@pytest.mark.parametrize("path", ["cpu", "accelerators"])
+def test_the_fast_reductions_equal_the_plain_ones(path: str, request: pytest.FixtureRequest) -> None:
     """``largest_magnitude`` is the inf-norm and ``finite_samples`` the all-finite check, NaN and inf included."""
+    if path == "accelerators":
+        request.getfixturevalue("accelerator_path")
     import math
 
     from lightning_invariance.functional.deviation import finite_samples
@@ -295,3 +311,5 @@ def test_the_fast_reductions_equal_the_plain_ones() -> None:
     )
     plain = torch.isfinite(x).flatten(2).all(dim=2).all(dim=0)
     assert torch.equal(finite_samples(x), plain) and plain.tolist() == [True, False, True, False, True, False, True]
+    assert largest_magnitude(x[:, :0].flatten(2)).shape == (3, 0, 1)  # no rows
+    assert torch.equal(largest_magnitude(x.flatten(2)[..., :0]), torch.zeros(3, 7, 1))  # empty rows

@@ -21,7 +21,8 @@ from lightning_invariance.groups import CyclicRotation, SpatialAction
 from lightning_invariance.metrics import EquivarianceDeviation, LinearMapFit, NormalizedVariance
 
 VIEWS = {"alias", "as_strided", "detach", "expand", "permute", "reshape", "select", "slice", "squeeze", "t"}
-VIEWS |= {"transpose", "unbind", "unflatten", "unsqueeze", "view", "_unsafe_view", "_reshape_alias", "split"}
+VIEWS |= {"transpose", "unbind", "unflatten", "unfold", "unsqueeze", "view", "_unsafe_view", "_reshape_alias"}
+VIEWS |= {"split"}
 
 
 class OperationCounter(TorchDispatchMode):
