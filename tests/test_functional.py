@@ -218,17 +218,18 @@ def test_window_pairs_of_a_stream_cut_anywhere_equal_elementwise_pairs(distance,
     batches.append(torch.randn(2, PAIRING_ROWS + 70, 5, dtype=torch.float64, generator=generator))
     reference_total, reference_count = reference_pair_sums(batches, distance, window=window)
     rows = [_distance_space(orbit[0], distance) for orbit in batches]
-    left, total, count = None, 0.0, 0
-    for piece in rows[:4]:  # appended one after another
-        left, added, added_count = extend_segment(left, piece, distance, window)
-        total, count = total + float(added), count + added_count
-    right = None
-    for piece in rows[4:]:  # a second stream, joined after the first
-        right, added, added_count = extend_segment(right, piece, distance, window)
-        total, count = total + float(added), count + added_count
-    _, added, added_count = join_segments(left, right, distance, window)
-    assert count + added_count == reference_count
-    assert total + float(added) == pytest.approx(reference_total, rel=1e-10)
+    for cut in (1, 4):  # a first stream of 1 row (shorter than any window but 2) or of 138, then a second one
+        left, total, count = None, 0.0, 0
+        for piece in rows[:cut]:  # appended one after another
+            left, added, added_count = extend_segment(left, piece, distance, window)
+            total, count = total + float(added), count + added_count
+        right = None
+        for piece in rows[cut:]:
+            right, added, added_count = extend_segment(right, piece, distance, window)
+            total, count = total + float(added), count + added_count
+        _, added, added_count = join_segments(left, right, distance, window)
+        assert count + added_count == reference_count
+        assert total + float(added) == pytest.approx(reference_total, rel=1e-10)
 
 
 def test_a_window_longer_than_the_stream_pairs_only_the_rows_there_are(monkeypatch):
