@@ -247,6 +247,29 @@ def test_a_window_longer_than_the_stream_pairs_only_the_rows_there_are(monkeypat
     assert widths and max(widths) <= 40 + normalizer.PAIRING_BLOCK
 
 
+def test_a_window_longer_than_a_pairing_piece_keeps_pieces_of_pairing_rows(monkeypatch):
+    """A window of 1500 on 700 + 1900 rows: every pair fewer than 1500 apart, from pieces of at most PAIRING_ROWS."""
+    from lightning_invariance.functional import normalizer
+
+    sizes = []
+    pair_matrix = normalizer.PreparedRows.pair_matrix
+    monkeypatch.setattr(
+        normalizer.PreparedRows,
+        "pair_matrix",
+        lambda a, b: sizes.append(a.parts["rows"].shape[:2].numel()) or pair_matrix(a, b),
+    )
+    rows = torch.randn(2600, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    segment, first_total, first_count = normalizer.extend_segment(None, rows[:700], "euclidean", 1500)
+    _, total, count = normalizer.extend_segment(segment, rows[700:], "euclidean", 1500)  # reaches back into the first
+    total, count = total + first_total, count + first_count
+    index = torch.arange(len(rows))
+    apart = (index[:, None] - index[None, :]).abs()
+    pairs = (apart > 0) & (apart < 1500)
+    assert count == int(pairs.sum())
+    assert total.item() == pytest.approx(float(torch.cdist(rows, rows)[pairs].sum()), rel=1e-10)
+    assert max(sizes) <= normalizer.PAIRING_ROWS + normalizer.PAIRING_BLOCK  # rows of one piece's matrix
+
+
 def _distance_space(features: torch.Tensor, distance: str) -> torch.Tensor:
     from lightning_invariance.functional.distances import to_distance_space
 

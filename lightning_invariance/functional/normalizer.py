@@ -185,15 +185,20 @@ def _banded_sums(old: PreparedRows, new: PreparedRows, window: int, cross_only: 
     """Pairs ``(i, j)`` of ``[old; new]`` with ``j`` in ``new``, ``0 < j - i < window`` (``i`` in ``old`` if told).
 
     ``old`` holds fewer than ``window`` rows. New rows go in pieces of :data:`PAIRING_ROWS`, each after the
-    ``window - 1`` rows before it (its only possible partners outside it).
+    ``window - 1`` rows before it (its only possible partners outside it), whatever the window; a join's new rows
+    (fewer than ``window``, paired with ``old`` only) in one piece.
     """
     first = next(iter(new.parts.values()))
     total, count = None, 0
-    piece = max(PAIRING_ROWS, window)  # so a piece after the first is preceded by new rows only
+    keep = window - 1
+    piece = max(1, len(new)) if cross_only else PAIRING_ROWS
     for start in range(0, len(new), piece):
-        if start and cross_only:  # rows this far into new have no partner in old
-            break
-        before = old if start == 0 else new[start - window + 1 : start]
+        if start == 0:
+            before = old
+        elif start >= keep:
+            before = new[start - keep : start]
+        else:  # a window longer than a piece: its partners reach back into old
+            before = old[max(0, len(old) - keep + start) :].cat(new[:start])
         piece_total, piece_count = _piece_sums(before, new[start : start + piece], window, cross_only)
         total, count = piece_total if total is None else total + piece_total, count + piece_count
     if total is None:
