@@ -300,16 +300,26 @@ def test_skipping_every_sample_leaves_nothing_to_average():
     assert math.isnan(value.item())
 
 
-def test_power_of_two_scales_are_exact_and_finite() -> None:
-    """Each largest value scaled into [0.5, 1) by a power of two; 1 for 0; finite for NaN and inf (which stay so)."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_power_of_two_scales_are_exact_and_finite(dtype: torch.dtype) -> None:
+    """Each largest value scaled into [0.5, 1) by a power of two (the scale ``frexp`` gives); finite for 0, tiny,
+    huge, inf and NaN values, which stay 0, below 1, below 4, inf and NaN."""
     from lightning_invariance.functional.distances import power_of_two_scale
 
-    largest = torch.tensor([3.0, 1e-30, 1e30, 0.0, float("inf"), float("nan")])
-    scale = power_of_two_scale(largest)
+    info = torch.finfo(dtype)
+    exponents = torch.arange(math.log2(info.tiny), math.log2(info.max) - 2, dtype=torch.float64)  # to 2^(max-2)
+    mantissas = torch.rand(exponents.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 1
+    normal = (mantissas * 2.0**exponents).to(dtype)
+    scale = power_of_two_scale(normal)
+    assert scale.dtype == dtype
+    assert torch.equal(scale.double(), 2.0 ** -torch.frexp(normal.double()).exponent.double())
+    assert ((normal * scale >= 0.5) & (normal * scale < 1)).all()
+    edges = torch.tensor([0.0, -0.0, info.tiny / 4, info.max, float("inf"), float("nan")], dtype=dtype)
+    scale = power_of_two_scale(edges)
     assert torch.isfinite(scale).all() and (scale > 0).all()
-    assert torch.equal(torch.frexp(scale).mantissa, torch.full_like(scale, 0.5))  # powers of two
-    scaled = largest * scale
-    assert ((scaled[:3] >= 0.5) & (scaled[:3] < 1)).all() and scale[3] == 1
+    assert torch.equal(torch.frexp(scale.double()).mantissa, torch.full_like(scale.double(), 0.5))  # powers of two
+    scaled = edges * scale
+    assert scaled[0] == 0 and scaled[1] == 0 and 0 < scaled[2] < 0.5 and 1 <= scaled[3] < 4
     assert scaled[4] == float("inf") and scaled[5].isnan()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 
@@ -149,14 +150,28 @@ def per_sample_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
 
 
 def power_of_two_scale(largest: Tensor) -> Tensor:
-    """``2^-e`` with ``largest * 2^-e`` in ``[0.5, 1)`` (``largest = m 2^e``), in its dtype; 1 where ``largest`` is 0.
+    """``2^-e`` with ``largest * 2^-e`` in ``[0.5, 1)`` (``largest = m 2^e``), in its dtype; finite and positive.
 
     Multiplying by a power of two is exact, so scaled values compare, sum and square as the originals would, without
-    overflow (float32 features of 1e20) or underflow. ``e`` is clamped so that the scale stays finite: a NaN or inf
-    ``largest`` (whose exponent is unspecified) gets some finite power of two, and its vector stays NaN or inf.
+    overflow (float32 features of 1e20) or underflow. The scale is built from the bits of ``largest``'s exponent
+    field (three operations, a kernel launch each on a GPU, where ``frexp`` and ``exp2`` took five): the exponent
+    field ``E`` of ``largest`` in ``[2^(E - bias), 2^(E - bias + 1))`` gives the scale's field ``2 bias - 1 - E``.
+    ``E`` is clamped to the normal range of both: 0 and subnormal values get the scale of the smallest normal value
+    (``2^125`` in float32, which keeps them below 1), and values from ``2^126``, inf and NaN (whose field is all
+    ones) that of ``2^-126``, so a NaN or inf vector stays NaN or inf.
     """
-    limit = 120 if largest.dtype == torch.float32 else 1000
-    return torch.exp2(torch.frexp(largest).exponent.clamp(-limit, limit).neg().to(largest.dtype))
+    integer, mantissa_bits, bias = _float_layout(largest.dtype)
+    field = largest.view(integer) & ((2 * bias + 1) << mantissa_bits)  # the exponent field alone
+    field = field.clamp(1 << mantissa_bits, (2 * bias - 2) << mantissa_bits)
+    return (((2 * bias - 1) << mantissa_bits) - field).view(largest.dtype)
+
+
+@functools.cache
+def _float_layout(dtype: torch.dtype) -> tuple[torch.dtype, int, int]:
+    """The integer dtype as wide as the float ``dtype``, its mantissa bits and its exponent bias."""
+    info = torch.finfo(dtype)
+    integer = {16: torch.int16, 32: torch.int32, 64: torch.int64}[info.bits]
+    return integer, round(-math.log2(info.eps)), round(1 - math.log2(info.tiny))
 
 
 def largest_magnitude(x: Tensor) -> Tensor:
@@ -187,7 +202,7 @@ def _scaled_norm(rows: Tensor) -> Tensor:
     """
     scale = power_of_two_scale(largest_magnitude(rows.detach()))  # the scale carries no gradient
     norm = torch.linalg.vector_norm(rows.mul_(scale), dim=-1).to(torch.float64)
-    return norm / scale.squeeze(-1).to(torch.float64)
+    return norm / scale.squeeze(-1)  # a float64 division, the float32 scale widened (exactly) in the kernel
 
 
 def _float_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:

@@ -122,9 +122,9 @@ class PreparedRows:
             return (a["entropy"].unsqueeze(-1) + b["entropy"].unsqueeze(-2) - cross).clamp_min(0.0)
         gram = (a["rows"] @ b["rows"].mT).to(torch.float64)
         if self.distance == "euclidean":  # |x_i - x_j|^2 from the scaled rows, the scales applied in float64
-            squared = a["squares"].unsqueeze(-1) + b["squares"].unsqueeze(-2)
-            squared = squared - 2.0 * gram * a["unscale"].unsqueeze(-1) * b["unscale"].unsqueeze(-2)
-            return 2.0 * squared.clamp_min(0.0).sqrt()
+            unscale = a["unscale"].unsqueeze(-1) * b["unscale"].unsqueeze(-2)  # powers of two: exact products
+            squared = torch.addcmul(a["squares"].unsqueeze(-1) + b["squares"].unsqueeze(-2), gram, unscale, value=-2)
+            return 2.0 * squared.clamp_min_(0.0).sqrt_()
         both_zero = a["zero"].unsqueeze(-1) & b["zero"].unsqueeze(-2)
         return 2.0 * torch.where(both_zero, 0.0, 1.0 - gram.clamp(-1.0, 1.0))
 
