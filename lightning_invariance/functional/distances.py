@@ -22,6 +22,7 @@ __all__ = [
     "orbit_reference",
     "per_sample_distance",
     "power_of_two_scale",
+    "row_scales",
     "to_distance_space",
     "unit_rows",
 ]
@@ -187,9 +188,17 @@ def largest_magnitude(x: Tensor) -> Tensor:
     return torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg())
 
 
+def row_scales(rows: Tensor) -> Tensor:
+    """Each vector's (last axis) power of two into ``[0.5, 1)``, kept as an axis of size 1, with no gradient.
+
+    :func:`power_of_two_scale` of the vector's :func:`largest_magnitude`.
+    """
+    return power_of_two_scale(largest_magnitude(rows.detach()))
+
+
 def unit_rows(x: Tensor) -> Tensor:
     """Vectors on the last axis scaled to unit norm (zero vectors stay zero), without overflow."""
-    x = x * power_of_two_scale(largest_magnitude(x))
+    x = x * row_scales(x)
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
 
 
@@ -200,7 +209,7 @@ def _scaled_norm(rows: Tensor) -> Tensor:
     power of two is exact, so a row whose squares do neither gets the plain float32 norm bit for bit (the sums run in
     the same order). A NaN or inf row stays NaN or inf (its exponent is unspecified, the clamp keeps it finite).
     """
-    scale = power_of_two_scale(largest_magnitude(rows.detach()))  # the scale carries no gradient
+    scale = row_scales(rows)
     norm = torch.linalg.vector_norm(rows.mul_(scale), dim=-1).to(torch.float64)
     return norm / scale.squeeze(-1)  # a float64 division, the float32 scale widened (exactly) in the kernel
 

@@ -36,8 +36,7 @@ from torch import Tensor
 from lightning_invariance.functional.distances import (
     DISTANCES,
     exact_arithmetic,
-    largest_magnitude,
-    power_of_two_scale,
+    row_scales,
     unit_rows,
 )
 
@@ -76,7 +75,7 @@ class PreparedRows:
             return cls(distance, {"probs": probs, "floored": floored, "entropy": entropy})
         rows = rows.to(torch.float64 if rows.dtype == torch.float64 else torch.float32)
         if distance == "euclidean":  # the scales are powers of two: every product with them below is exact
-            scale = power_of_two_scale(largest_magnitude(rows))
+            scale = row_scales(rows)
             scaled = rows * scale
             unscale = 1.0 / scale.squeeze(-1).double()
             squares = (scaled * scaled).sum(-1).to(torch.float64) * unscale * unscale
