@@ -38,8 +38,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 step device_check 90 "$python" benchmarks/device_check.py --device "$device"
 step full_size 120 "$python" benchmarks/full_size.py --device "$device" --repeats 5
 step full_size_bf16 90 "$python" benchmarks/full_size.py --device "$device" --autocast bf16 --repeats 5
-step counts_and_memory 60 sh -c "\"$python\" benchmarks/kernel_counts.py --device $device && \
-    \"$python\" benchmarks/accelerator_memory.py --device $device"
+step counts_memory_profile 90 sh -c "\"$python\" benchmarks/kernel_counts.py --device $device && \
+    \"$python\" benchmarks/accelerator_memory.py --device $device && \
+    \"$python\" benchmarks/device_profile.py --device $device"
 step vs_loop 60 "$python" benchmarks/vs_loop.py --device "$device"
 step probe_overhead 90 "$python" benchmarks/probe_overhead.py --device "$device" --repeats 5
 step probe_overhead_bf16 90 "$python" benchmarks/probe_overhead.py --device "$device" --autocast bf16 --repeats 3

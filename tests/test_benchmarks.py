@@ -24,6 +24,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("full_size.py", "loop / probe, layers"),
         ("accelerator_memory.py", "probe / floor"),
         ("page_faults.py", "page faults / probe pass"),
+        ("device_profile.py", "us per operation"),
     ],
 )
 def test_benchmark_script_runs(script, expected):

@@ -1,0 +1,115 @@
+"""Where a probe pass spends its time on a device: the host issuing operations, or the device running kernels.
+
+On a GPU each operation is a kernel launch the host issues in microseconds; when a pass issues many small ones, the
+device waits for the host and the pass costs more than its kernels take. This script takes issue 11's small CNN
+(8192 inputs of 1x32x32, its two first ReLUs and the output, C4, the probe at its default chunk size with one
+normalised G-EED metric per layer, as ``full_size.py``) and the floor (the same orbit forward passes under
+``torch.inference_mode()``), and prints for each: the time of a pass (median of ``--repeats``, the device's queue
+drained), the operations it issues (ATen operations that compute or copy, as ``kernel_counts.py`` counts them), and
+on a GPU the time its kernels took (``torch.profiler``) and the device's busy fraction (kernel time over the pass's
+time: near 1, the kernels bound the pass; well below 1, the host issuing them does, and fewer operations would
+help). Then the probe pass's operations with the most device time and with the most host time.
+
+    python benchmarks/device_profile.py [--quick] [--device cuda] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from kernel_counts import KernelCounter
+from torch.profiler import ProfilerActivity, profile
+
+from lightning_invariance import InvarianceDeviation, Probe
+from lightning_invariance.groups import CyclicRotation
+
+from _common import add_device_arguments, device_name, small_cnn, synchronize, table
+
+GROUP = CyclicRotation(4)
+LAYERS = ["1", "3", "output"]
+
+
+def _passes(model: torch.nn.Module, inputs: torch.Tensor) -> dict[str, Callable[[], None]]:
+    probe = Probe(model, GROUP, layers=LAYERS)
+    chunk = probe.samples_per_chunk(inputs.device)
+
+    def floor() -> None:
+        with torch.inference_mode():
+            for start in range(0, len(inputs), chunk):
+                model(GROUP.orbit(inputs[start : start + chunk]).flatten(0, 1))
+
+    def measure() -> None:
+        metrics = {layer: InvarianceDeviation(GROUP, normalize=True).to(inputs.device) for layer in LAYERS}
+        probe.update(inputs, metrics)
+        for metric in metrics.values():
+            metric.compute()
+
+    return {"floor": floor, "probe, layers": measure}
+
+
+def _seconds(fn: Callable[[], None], repeats: int, device: torch.device) -> float:
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _device_ms(event: object) -> float:
+    return getattr(event, "self_device_time_total", 0.0) / 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few inputs, to check the script runs")
+    parser.add_argument("--repeats", type=int, default=5)
+    add_device_arguments(parser, autocast=False)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    torch.manual_seed(0)
+    num_inputs, repeats = (64, 1) if args.quick else (8192, args.repeats)
+    model, inputs = small_cnn().eval().to(device), torch.randn(num_inputs, 1, 32, 32, device=device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    rows, profiles = [], {}
+    for name, fn in _passes(model, inputs).items():
+        fn()  # warm-up: kernels chosen, masks and constants built
+        seconds = _seconds(fn, repeats, device)
+        with KernelCounter() as counter:
+            fn()
+        operations = sum(counter.counts.values())
+        with profile(activities=activities) as profiled:
+            fn()
+            synchronize(device)
+        profiles[name] = profiled.key_averages()
+        kernel_ms = sum(_device_ms(event) for event in profiles[name])
+        busy = f"{kernel_ms / (seconds * 1e3):.2f}" if on_gpu else "-"
+        rows.append([
+            name, f"{seconds * 1e3:.1f}", operations, f"{seconds * 1e6 / operations:.1f}",
+            f"{kernel_ms:.1f}" if on_gpu else "-", busy,
+        ])  # fmt: skip
+    print(
+        f"A pass of the small CNN on {num_inputs} inputs of 1x32x32, C4, layers {LAYERS} ({device_name(device)}, "
+        f"torch {torch.__version__}; pass times: medians of {repeats}; the probe's pass makes, updates and computes "
+        "its metrics)"
+    )
+    headers = ["pass", "ms", "operations", "us per operation", "kernel ms", "device busy"]
+    print(table(headers, rows))
+    events = list(profiles["probe, layers"])
+    for what, key in (("device", _device_ms), ("host", lambda event: event.self_cpu_time_total / 1e3)):
+        if what == "device" and not on_gpu:
+            continue
+        top = sorted(events, key=key, reverse=True)[:12]
+        print(f"\nThe probe pass's operations with the most {what} time")
+        print(table(["operation", "calls", f"{what} ms"], [[e.key[:60], e.count, f"{key(e):.2f}"] for e in top]))
+
+
+if __name__ == "__main__":
+    main()
