@@ -16,8 +16,6 @@ help). Then the probe pass's operations with the most device time and with the m
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -27,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 from lightning_invariance import InvarianceDeviation, Probe
 from lightning_invariance.groups import CyclicRotation
 
-from _common import add_device_arguments, device_name, small_cnn, synchronize, table
+from _common import add_device_arguments, device_name, median_seconds, small_cnn, synchronize, table
 
 GROUP = CyclicRotation(4)
 LAYERS = ["1", "3", "output"]
@@ -51,17 +49,6 @@ def _passes(model: torch.nn.Module, inputs: torch.Tensor) -> dict[str, Callable[
     return {"floor": floor, "probe, layers": measure}
 
 
-def _seconds(fn: Callable[[], None], repeats: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _device_ms(event: object) -> float:
     return getattr(event, "self_device_time_total", 0.0) / 1e3
 
@@ -80,8 +67,7 @@ def main() -> None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     rows, profiles = [], {}
     for name, fn in _passes(model, inputs).items():
-        fn()  # warm-up: kernels chosen, masks and constants built
-        seconds = _seconds(fn, repeats, device)
+        seconds = median_seconds(fn, repeats, device=device)  # after a warm-up: kernels chosen, masks built
         with KernelCounter() as counter:
             fn()
         operations = sum(counter.counts.values())
