@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 from kernel_counts import KernelCounter
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from lightning_invariance import InvarianceDeviation, Probe
@@ -49,8 +50,13 @@ def _passes(model: torch.nn.Module, inputs: torch.Tensor) -> dict[str, Callable[
     return {"floor": floor, "probe, layers": measure}
 
 
-def _device_ms(event: object) -> float:
-    return getattr(event, "self_device_time_total", 0.0) / 1e3
+def _device_events(profiled: profile) -> dict[str, list[float]]:
+    """Microseconds of each kernel (and copy) the device ran, by name: the profile's device events, each once."""
+    durations: dict[str, list[float]] = {}
+    for event in profiled.events():
+        if event.device_type == DeviceType.CUDA:
+            durations.setdefault(event.name, []).append(event.time_range.elapsed_us())
+    return durations
 
 
 def main() -> None:
@@ -65,7 +71,7 @@ def main() -> None:
     num_inputs, repeats = (64, 1) if args.quick else (8192, args.repeats)
     model, inputs = small_cnn().eval().to(device), torch.randn(num_inputs, 1, 32, 32, device=device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    rows, profiles = [], {}
+    rows, host, device_time = [], {}, {}
     for name, fn in _passes(model, inputs).items():
         seconds = median_seconds(fn, repeats, device=device)  # after a warm-up: kernels chosen, masks built
         with KernelCounter() as counter:
@@ -74,8 +80,8 @@ def main() -> None:
         with profile(activities=activities) as profiled:
             fn()
             synchronize(device)
-        profiles[name] = profiled.key_averages()
-        kernel_ms = sum(_device_ms(event) for event in profiles[name])
+        host[name], device_time[name] = profiled.key_averages(), _device_events(profiled)
+        kernel_ms = sum(sum(durations) for durations in device_time[name].values()) / 1e3
         busy = f"{kernel_ms / (seconds * 1e3):.2f}" if on_gpu else "-"
         rows.append([
             name, f"{seconds * 1e3:.1f}", operations, f"{seconds * 1e6 / operations:.1f}",
@@ -88,13 +94,14 @@ def main() -> None:
     )
     headers = ["pass", "ms", "operations", "us per operation", "kernel ms", "device busy"]
     print(table(headers, rows))
-    events = list(profiles["probe, layers"])
-    for what, key in (("device", _device_ms), ("host", lambda event: event.self_cpu_time_total / 1e3)):
-        if what == "device" and not on_gpu:
-            continue
-        top = sorted(events, key=key, reverse=True)[:12]
-        print(f"\nThe probe pass's operations with the most {what} time")
-        print(table(["operation", "calls", f"{what} ms"], [[e.key[:60], e.count, f"{key(e):.2f}"] for e in top]))
+    if on_gpu:
+        kernels = sorted(device_time["probe, layers"].items(), key=lambda item: -sum(item[1]))[:12]
+        print("\nThe probe pass's kernels with the most device time")
+        print(table(["kernel", "calls", "device ms"], [[k[:60], len(d), f"{sum(d) / 1e3:.2f}"] for k, d in kernels]))
+    operations = sorted(host["probe, layers"], key=lambda event: -event.self_cpu_time_total)[:12]
+    print("\nThe probe pass's operations with the most host time")
+    rows = [[event.key[:60], event.count, f"{event.self_cpu_time_total / 1e3:.2f}"] for event in operations]
+    print(table(["operation", "calls", "host ms"], rows))
 
 
 if __name__ == "__main__":
