@@ -8,7 +8,7 @@ normalised G-EED metric per layer, as ``full_size.py``) and the floor (the same 
 drained), the operations it issues (ATen operations that compute or copy, as ``kernel_counts.py`` counts them), and
 on a GPU the time its kernels took (``torch.profiler``) and the device's busy fraction (kernel time over the pass's
 time: near 1, the kernels bound the pass; well below 1, the host issuing them does, and fewer operations would
-help). Then the probe pass's operations with the most device time and with the most host time.
+help). Then the probe pass's kernels with the most device time and operations with the most host time.
 
     python benchmarks/device_profile.py [--quick] [--device cuda] [--repeats 5]
 """
