@@ -53,6 +53,18 @@ def test_dihedral_has_eight_distinct_elements_on_asymmetric_image():
     assert torch.equal(group.act(image, 4), torch.flip(image, dims=(-1,)))
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 8])
+def test_dihedral_orbit_is_each_element_applied_in_order(n):
+    """The orbit (the batch flipped once for all flipped elements) is ``act(x, k)`` for every ``k``, bit for bit."""
+    group = Dihedral(n)
+    for x in (IMAGE, torch.arange(2 * 3 * 6 * 6).reshape(2, 3, 6, 6), IMAGE[:, :, :, :7].transpose(-1, -2)):
+        orbit = group.orbit(x)
+        assert orbit.shape == (len(group), *x.shape)
+        assert all(torch.equal(orbit[k], group.act(x, k)) for k in range(len(group)))
+    with pytest.raises(ValueError, match="only when it is square"):
+        group.orbit(torch.randn(2, 5, 6))
+
+
 def test_flip_is_an_involution():
     for axis in ("horizontal", "vertical"):
         group = Flip(axis)

@@ -123,6 +123,13 @@ class Dihedral(Group):
             x = torch.flip(x, dims=(-1,))
         return _rotate(x, self.degrees[k % self.n])
 
+    def orbit(self, x: Tensor) -> Tensor:
+        """As :meth:`Group.orbit`, the batch flipped once for all ``n`` flipped elements (one copy, one operation)."""
+        self.check_input(x)
+        flipped = torch.flip(x, dims=(-1,))
+        copies = [x] + [_rotate(x, degrees) for degrees in self.degrees[1:]]
+        return torch.stack(copies + [flipped] + [_rotate(flipped, degrees) for degrees in self.degrees[1:]])
+
     def __repr__(self) -> str:
         return f"Dihedral(n={self.n})"
 
