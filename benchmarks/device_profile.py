@@ -98,10 +98,10 @@ def main() -> None:
         kernels = sorted(device_time["probe, layers"].items(), key=lambda item: -sum(item[1]))[:12]
         print("\nThe probe pass's kernels with the most device time")
         print(table(["kernel", "calls", "device ms"], [[k[:60], len(d), f"{sum(d) / 1e3:.2f}"] for k, d in kernels]))
-    operations = sorted(host["probe, layers"], key=lambda event: -event.self_cpu_time_total)[:12]
+    busiest = sorted(host["probe, layers"], key=lambda event: -event.self_cpu_time_total)[:12]
     print("\nThe probe pass's operations with the most host time")
-    rows = [[event.key[:60], event.count, f"{event.self_cpu_time_total / 1e3:.2f}"] for event in operations]
-    print(table(["operation", "calls", "host ms"], rows))
+    top = [[event.key[:60], event.count, f"{event.self_cpu_time_total / 1e3:.2f}"] for event in busiest]
+    print(table(["operation", "calls", "host ms"], top))
 
 
 if __name__ == "__main__":
