@@ -126,9 +126,10 @@ class Dihedral(Group):
     def orbit(self, x: Tensor) -> Tensor:
         """As :meth:`Group.orbit`, the batch flipped once for all ``n`` flipped elements (one copy, one operation)."""
         self.check_input(x)
-        flipped = torch.flip(x, dims=(-1,))
-        copies = [x] + [_rotate(x, degrees) for degrees in self.degrees[1:]]
-        return torch.stack(copies + [flipped] + [_rotate(flipped, degrees) for degrees in self.degrees[1:]])
+        copies = []
+        for image in (x, torch.flip(x, dims=(-1,))):  # elements 0..n-1, then n..2n-1 (flipped first)
+            copies += [image] + [_rotate(image, degrees) for degrees in self.degrees[1:]]
+        return torch.stack(copies)
 
     def __repr__(self) -> str:
         return f"Dihedral(n={self.n})"
