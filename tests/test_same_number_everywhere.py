@@ -448,3 +448,74 @@ def test_a_global_matmul_precision_cannot_move_a_score(distance) -> None:
     finally:
         torch.set_float32_matmul_precision(previous)
     assert precisions.seen and set(precisions.seen) == {"highest"}, precisions.seen
+
+
+#: PyTorch's per-backend settings of float32 matrix products (2.9 and later): what the measuring code must override.
+_PER_BACKEND = hasattr(torch.backends.cuda.matmul, "fp32_precision")
+
+
+def _matmul_settings() -> dict[str, str]:
+    """The per-backend precisions in force (a child set to "none" shows its parent's)."""
+    return {
+        "generic": torch.backends.fp32_precision,
+        "cuda.matmul": torch.backends.cuda.matmul.fp32_precision,
+        "mkldnn.matmul": torch.backends.mkldnn.matmul.fp32_precision,
+    }
+
+
+class _PerBackendPrecisions(TorchFunctionMode):
+    """Records the per-backend float32 matmul precisions in force at every matrix product."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in ("__matmul__", "matmul", "mm", "bmm", "einsum"):
+            settings = _matmul_settings()
+            self.seen.add((settings["cuda.matmul"], settings["mkldnn.matmul"]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def default_matmul_precision():
+    """Leaves PyTorch's float32 matmul settings, legacy and per backend, at their defaults after the test."""
+    yield
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.fp32_precision = "none"
+    torch.backends.cuda.matmul.fp32_precision = "none"
+    torch.backends.mkldnn.matmul.fp32_precision = "none"
+
+
+@pytest.mark.skipif(not _PER_BACKEND, reason="PyTorch before 2.9 has no per-backend matmul precision")
+@pytest.mark.parametrize(
+    "setting",
+    [("cuda.matmul", "tf32"), ("mkldnn.matmul", "bf16"), ("mkldnn.matmul", "tf32"), ("generic", "tf32")],
+    ids=lambda setting: "=".join(setting),
+)
+def test_a_per_backend_matmul_precision_cannot_move_a_score(setting, default_matmul_precision) -> None:
+    """`torch.backends.cuda.matmul.fp32_precision = "tf32"` and its kin (PyTorch's newer API, which it recommends):
+    measuring neither fails (the legacy getter refuses to read such a state) nor runs a Gram product in reduced
+    precision (bf16 passes for float32 products on CPUs with AVX-512 BF16), and leaves every setting as it found it,
+    a child left to inherit from its parent still inheriting."""
+    features = torch.randn(4, 300, 2048, generator=torch.Generator().manual_seed(0))
+    default = InvarianceDeviation(4, normalize=True)
+    default.update(features)
+    expected = default.compute_summary()
+    backend, precision = setting
+    if backend == "generic":
+        torch.backends.fp32_precision = precision
+    else:
+        getattr(torch.backends, backend.split(".")[0]).matmul.fp32_precision = precision
+    before = _matmul_settings()
+    with _PerBackendPrecisions() as precisions:
+        metric = InvarianceDeviation(4, normalize=True)
+        metric.update(features)
+        summary = metric.compute_summary()
+    assert precisions.seen == {("ieee", "ieee")}, precisions.seen
+    for key, value in expected.items():
+        assert torch.equal(summary[key], value), key
+    assert _matmul_settings() == before
+    if backend == "generic":  # the children were left inheriting: they follow the parent back
+        torch.backends.fp32_precision = "none"
+        assert _matmul_settings() == {"generic": "none", "cuda.matmul": "none", "mkldnn.matmul": "none"}

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from lightning_invariance._matmul_precision import full_float32_matmul
 from lightning_invariance._sync import branches_on_host
 
 __all__ = [
@@ -38,19 +39,13 @@ REFERENCES = ("centroid", "identity")
 def exact_arithmetic(device_type: str) -> Iterator[None]:
     """Run the measuring arithmetic as defined, whatever the caller set.
 
-    Autocast is off, and float32 matrix products run in full float32 (matmul precision ``"highest"``: no TF32 or
-    bf16 passes, which ``"high"`` and ``"medium"`` allow, so a global setting cannot move a score). The caller's
-    setting is restored on the way out, also on error; the model's own forward passes run outside this and keep it.
+    Autocast is off, and float32 matrix products run in full float32 (no TF32 or bf16 passes, which
+    ``torch.set_float32_matmul_precision("high")`` or ``"medium"`` and PyTorch's per-backend settings allow, so a global
+    setting cannot move a score: :func:`~lightning_invariance._matmul_precision.full_float32_matmul`). The caller's
+    settings are restored on the way out, also on error; the model's own forward passes run outside this and keep them.
     """
-    previous = torch.get_float32_matmul_precision()
-    if previous != "highest":
-        torch.set_float32_matmul_precision("highest")
-    try:
-        with torch.autocast(device_type, enabled=False):
-            yield
-    finally:
-        if previous != "highest":
-            torch.set_float32_matmul_precision(previous)
+    with full_float32_matmul(), torch.autocast(device_type, enabled=False):
+        yield
 
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
