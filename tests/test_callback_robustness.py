@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import nn
 
@@ -340,3 +341,43 @@ def test_chance_corrected_consistency_is_the_same_for_every_split_and_dtype():
             summary = metric.compute_summary()
             for key in ("consistency", "chance_consistency", "consistency_kappa"):
                 assert summary[key].item() == pytest.approx(expected[key].item(), abs=1e-12), (sizes, dtype, key)
+
+
+# ------------------------------------------------------------------ fits with nothing to measure
+class NoValidationData(ImageClassifier):
+    """A module with a validation step but no `val_dataloader`: Lightning trains and skips validation."""
+
+    val_dataloader = LightningModule.val_dataloader  # the base hook (raises if called): not overridden
+
+
+@pytest.mark.parametrize("measure_before_training", [False, True])
+def test_a_fit_without_validation_data_trains_and_says_nothing_was_measured(tmp_path, measure_before_training):
+    """The monitor set the validation data up itself and raised Lightning's "`val_dataloader` must be implemented",
+    killing a fit Lightning runs without it (it skips validation); then it said nothing of measuring nothing."""
+    monitor = InvarianceMonitor(GROUP, max_samples=16, measure_before_training=measure_before_training)
+    with pytest.warns(UserWarning, match="measured nothing during this fit: validation never ran"):
+        _trainer(tmp_path, [monitor], max_epochs=2).fit(NoValidationData())
+    assert monitor.history == []
+
+
+@pytest.mark.parametrize(
+    ("trainer_options", "monitor_options", "reason"),
+    [
+        ({"limit_val_batches": 0}, {}, "validation never ran"),
+        ({"max_steps": 1}, {}, "validation never ran"),
+        ({"max_epochs": 2}, {"every_n_epochs": 3}, r"none of the 2 validation runs of this fit was measured"),
+    ],
+)
+def test_a_fit_that_measured_nothing_says_so_and_why(tmp_path, trainer_options, monitor_options, reason):
+    monitor = InvarianceMonitor(GROUP, max_samples=16, **monitor_options)
+    with pytest.warns(UserWarning, match=f"measured nothing during this fit: {reason}"):
+        _trainer(tmp_path, [monitor], **trainer_options).fit(ImageClassifier())
+    assert monitor.history == []
+
+
+def test_a_fit_that_measured_says_nothing_of_it(tmp_path):
+    monitor = InvarianceMonitor(GROUP, max_samples=16, print_summary=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*measured nothing.*")
+        _trainer(tmp_path, [monitor], max_epochs=1).fit(ImageClassifier())
+    assert len(monitor.history) == 1

@@ -217,6 +217,7 @@ class InvarianceMonitor(Callback):
         self._history: list[dict[str, Any]] = []
         self._handoff = SpawnHandoff()
         self._fit_validation_runs = 0
+        self._at_fit_start = (0, 0)  # measurements and validation runs so far when the current fit started
         self._baseline_done = False
         self._measuring_now = False
         self._settings = MeasureSettings(
@@ -407,11 +408,31 @@ class InvarianceMonitor(Callback):
             pl_module.log(name, value, on_epoch=True, logger=validating, sync_dist=True, add_dataloader_idx=False)
 
     @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._at_fit_start = (len(self.history), self._fit_validation_runs)  # after a checkpoint's state is loaded
+
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._figures_enabled and self._figures_step != trainer.global_step and self.history:
             self._write_figures(trainer)
         if self.print_summary and self.history:
             rank_zero_info(f"{self.summary_table()}\nInvarianceMonitor: {self._budget.summary()}")
+        history_length, validation_runs = self._at_fit_start
+        if len(self.history) == history_length:
+            reason = self._why_nothing(self._fit_validation_runs - validation_runs)
+            rank_zero_warn(f"InvarianceMonitor measured nothing during this fit: {reason}.")
+
+    def _why_nothing(self, validation_runs: int) -> str:
+        """Why a fit with ``validation_runs`` validation runs left the history as it was."""
+        if not validation_runs:
+            return (
+                "validation never ran (no validation data or `validation_step`, `limit_val_batches=0`, or training "
+                "stopped before the first validation), and the monitor measures at the end of validation"
+            )
+        skipped = f"every_n_epochs={self.every_n_epochs}"
+        if self.max_overhead is not None:
+            skipped += f" and max_overhead={self.max_overhead:g}"
+        return f"none of the {validation_runs} validation runs of this fit was measured ({skipped})"
 
     # ----------------------------------------------------------------- when and what
     def _should_measure(self, trainer: pl.Trainer) -> bool:
@@ -438,7 +459,13 @@ class InvarianceMonitor(Callback):
         return list(self.dataloaders)
 
     def _validation_data_ready(self, trainer: pl.Trainer) -> bool:
-        """Set the validation data up outside validation (a no-op after the sanity check); whether there is any."""
+        """Set the validation data up outside validation (a no-op after the sanity check); whether there is any.
+
+        None where the fit runs no validation (no ``val_dataloader`` or ``validation_step``, ``limit_val_batches=0``):
+        Lightning skips it, and asking for the data would raise.
+        """
+        if not trainer.enable_validation:
+            return False
         trainer.fit_loop.epoch_loop.val_loop.setup_data()
         return bool(trainer.num_val_batches) and trainer.val_dataloaders is not None
 
