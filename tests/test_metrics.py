@@ -168,3 +168,31 @@ def test_every_metric_checks_orbit_features_alike(name):
     if name != "NormalizedVariance":  # the only one that takes any number of elements
         with pytest.raises(ValueError, match=r"to have 4 group elements on axis 0.*got shape \(3, 2, 5\)"):
             metric.update(torch.randn(3, 2, 5))
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda: InvarianceDeviation(1),
+        lambda: InvarianceDeviation(CyclicRotation(1)),
+        lambda: PredictionConsistency(1),
+        lambda: EquivarianceDeviation(SpatialAction(CyclicRotation(1))),
+        lambda: EquivarianceDeviation(SpatialAction(CyclicRotation(1)), num_elements=1),
+        lambda: __import__("lightning_invariance.metrics", fromlist=["LinearMapFit"]).LinearMapFit(1),
+    ],
+)
+def test_a_group_of_the_identity_alone_warns_that_every_deviation_is_zero(factory):
+    """|G| = 1 compares each sample with itself: 0, "perfectly invariant", by definition. A user who counts the
+    transformations without the identity (an augmentation family with ``num_elements=1``) would read that as a
+    finding, so it is said at construction."""
+    with pytest.warns(UserWarning, match=r"only the identity \(\|G\| = 1\)"):
+        factory()
+
+
+def test_a_group_with_a_transformation_does_not_warn():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*only the identity.*")
+        InvarianceDeviation(2)
+        EquivarianceDeviation(SpatialAction(CyclicRotation(4)))

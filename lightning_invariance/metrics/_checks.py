@@ -14,6 +14,7 @@ from lightning_invariance._sync import branches_on_host
 
 __all__ = [
     "add_count",
+    "check_group_size",
     "check_label_range",
     "check_labels",
     "check_optional_positive",
@@ -51,6 +52,19 @@ def check_label_range(labels: Tensor, num_classes: int) -> None:
         raise ValueError(
             f"Expected `labels` in [0, {num_classes}) (num_classes={num_classes}), but got values in "
             f"[{int(labels.min())}, {int(labels.max())}]."
+        )
+
+
+def check_group_size(num_elements: Any) -> None:
+    """Accept ``|G|``, a positive int; warn when it is 1, where every deviation is 0 by definition."""
+    check_positive("num_elements", num_elements)
+    if num_elements == 1:
+        warnings.warn(
+            "The group holds only the identity (|G| = 1): each sample is compared with itself, so every deviation is "
+            "0 and every prediction consistent by definition, whatever the model. `num_elements` counts the "
+            "identity: the identity and one transformation are num_elements=2.",
+            UserWarning,
+            stacklevel=4,
         )
 
 

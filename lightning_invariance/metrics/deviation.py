@@ -20,6 +20,7 @@ from lightning_invariance.groups.base import Group
 from lightning_invariance.metrics._base import SummaryMetric
 from lightning_invariance.metrics._checks import (
     add_count,
+    check_group_size,
     check_labels,
     check_optional_positive,
     check_positive,
@@ -72,7 +73,7 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
     ) -> None:
         super().__init__(**kwargs)
         num_elements = len(num_elements) if isinstance(num_elements, Group) else num_elements
-        check_positive("num_elements", num_elements)
+        check_group_size(num_elements)
         check_choice("distance", distance, DISTANCES)
         check_choice("reference", reference, REFERENCES)
         check_choice("nan_strategy", nan_strategy, NAN_STRATEGIES)

@@ -23,6 +23,7 @@ from lightning_invariance.groups.base import Group
 from lightning_invariance.metrics._base import SummaryMetric
 from lightning_invariance.metrics._checks import (
     add_count,
+    check_group_size,
     check_positive,
     nan_except,
     non_finite_counts,
@@ -113,7 +114,7 @@ class LinearMapFit(SummaryMetric):
     ) -> None:
         super().__init__(**kwargs)
         num_elements = len(num_elements) if isinstance(num_elements, Group) else num_elements
-        check_positive("num_elements", num_elements)
+        check_group_size(num_elements)
         _check_pooling(pool_size, max_features, seed)
         if not isinstance(ridge, (int, float)) or isinstance(ridge, bool) or ridge < 0:
             raise ValueError(f"Expected argument `ridge` to be a non-negative float, but got {ridge!r}.")
