@@ -10,6 +10,7 @@ layers and chunk size, the chunk policy, and ``update`` feeding metrics from ``r
 from __future__ import annotations
 
 import contextlib
+import difflib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -135,13 +136,23 @@ def resolve_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Modu
         elif name in modules:
             resolved[name] = modules[name]
         else:
-            valid = [n for n in modules if n and "_orig_mod" not in n.split(".")]
-            shown = ", ".join(repr(n) for n in valid[:40]) + (f", ... ({len(valid)} in all)" if len(valid) > 40 else "")
             raise ValueError(
-                f"Unknown layer {name!r}. Valid names are {OUTPUT!r} (the model output) and the module "
-                f"paths of model.named_modules(): {shown}."
+                _unknown_layer_message(name, [n for n in modules if n and "_orig_mod" not in n.split(".")])
             )
     return resolved
+
+
+def _unknown_layer_message(name: str, valid: list[str]) -> str:
+    """What to say of a layer name that is neither the output nor a module path of the model (``valid``)."""
+    if not valid:
+        return f"Unknown layer {name!r}. This model has no submodules: the one layer to capture is {OUTPUT!r}."
+    close = difflib.get_close_matches(name, valid, n=3)
+    hint = f" Did you mean {' or '.join(repr(n) for n in close)}?" if close else ""
+    shown = ", ".join(repr(n) for n in valid[:40]) + (f", ... ({len(valid)} in all)" if len(valid) > 40 else "")
+    return (
+        f"Unknown layer {name!r}.{hint} Valid names are {OUTPUT!r} (the model output) and the module paths of "
+        f"model.named_modules(): {shown}."
+    )
 
 
 def _uncompiled_name(name: str) -> str:

@@ -126,6 +126,13 @@ def test_unknown_layer_lists_valid_names():
         Probe(_model(), GROUP, layers=["backbone"])
 
 
+def test_unknown_layer_suggests_a_close_name_and_says_when_there_are_none():
+    with pytest.raises(ValueError, match=r"Unknown layer 'featurs.1'\. Did you mean 'features.1' or"):
+        Probe(_model(), GROUP, layers=["featurs.1"])
+    with pytest.raises(ValueError, match=r"This model has no submodules: the one layer to capture is 'output'"):
+        Probe(nn.Flatten(), GROUP, layers=["flatten"])
+
+
 def test_module_run_twice_is_refused():
     shared = nn.Linear(4, 4)
     model = nn.Sequential(nn.Flatten(), shared, nn.ReLU(), shared)
