@@ -49,23 +49,22 @@ def full_float32_matmul() -> Iterator[None]:
     """Run float32 matrix products in full float32 inside, and leave every precision setting as it was found.
 
     Where the legacy setting answers ``"highest"``, no backend lowers a product's precision (PyTorch refuses to
-    answer otherwise) and nothing is changed: the common case costs one read. Otherwise the legacy setting (where it
-    answers) and each backend's are set to full precision, and restored on the way out, also on error.
+    answer otherwise) and nothing is changed: the common case costs one read. Otherwise each backend's setting is set
+    to full precision, which lets the legacy one be read, then the legacy one too (so that the two agree, as PyTorch
+    checks before some products); all are restored on the way out, also on error.
     """
-    legacy = _legacy_precision()
-    if legacy == "highest":
+    if _legacy_precision() == "highest":
         yield
         return
     settings = _per_backend_settings()
     restore = [(setting, _to_restore(setting)) for setting in settings]
-    if legacy is not None:
-        torch.set_float32_matmul_precision("highest")
     for setting in settings:
         setting.fp32_precision = "ieee"
+    legacy = torch.get_float32_matmul_precision()  # answers now: no backend lowers a product's precision
+    torch.set_float32_matmul_precision("highest")
     try:
         yield
     finally:
-        if legacy is not None:
-            torch.set_float32_matmul_precision(legacy)
+        torch.set_float32_matmul_precision(legacy)
         for setting, precision in restore:
             setting.fp32_precision = precision

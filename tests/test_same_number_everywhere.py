@@ -464,7 +464,7 @@ def _matmul_settings() -> dict[str, str]:
 
 
 class _PerBackendPrecisions(TorchFunctionMode):
-    """Records the per-backend float32 matmul precisions in force at every matrix product."""
+    """Records the float32 matmul precisions in force at every matrix product: legacy, CUDA's and oneDNN's."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -472,8 +472,8 @@ class _PerBackendPrecisions(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if getattr(func, "__name__", "") in ("__matmul__", "matmul", "mm", "bmm", "einsum"):
-            settings = _matmul_settings()
-            self.seen.add((settings["cuda.matmul"], settings["mkldnn.matmul"]))
+            settings = _matmul_settings()  # and the legacy setting, which must agree (PyTorch checks it for cuBLAS)
+            self.seen.add((torch.get_float32_matmul_precision(), settings["cuda.matmul"], settings["mkldnn.matmul"]))
         return func(*args, **(kwargs or {}))
 
 
@@ -490,7 +490,13 @@ def default_matmul_precision():
 @pytest.mark.skipif(not _PER_BACKEND, reason="PyTorch before 2.9 has no per-backend matmul precision")
 @pytest.mark.parametrize(
     "setting",
-    [("cuda.matmul", "tf32"), ("mkldnn.matmul", "bf16"), ("mkldnn.matmul", "tf32"), ("generic", "tf32")],
+    [
+        ("cuda.matmul", "tf32"),
+        ("mkldnn.matmul", "bf16"),
+        ("mkldnn.matmul", "tf32"),
+        ("generic", "tf32"),
+        ("legacy high, then mkldnn.matmul", "bf16"),
+    ],
     ids=lambda setting: "=".join(setting),
 )
 def test_a_per_backend_matmul_precision_cannot_move_a_score(setting, default_matmul_precision) -> None:
@@ -505,6 +511,9 @@ def test_a_per_backend_matmul_precision_cannot_move_a_score(setting, default_mat
     backend, precision = setting
     if backend == "generic":
         torch.backends.fp32_precision = precision
+    elif backend.startswith("legacy high"):  # both APIs: the legacy setting is then no longer readable
+        torch.set_float32_matmul_precision("high")
+        torch.backends.mkldnn.matmul.fp32_precision = precision
     else:
         getattr(torch.backends, backend.split(".")[0]).matmul.fp32_precision = precision
     before = _matmul_settings()
@@ -512,10 +521,13 @@ def test_a_per_backend_matmul_precision_cannot_move_a_score(setting, default_mat
         metric = InvarianceDeviation(4, normalize=True)
         metric.update(features)
         summary = metric.compute_summary()
-    assert precisions.seen == {("ieee", "ieee")}, precisions.seen
+    assert precisions.seen == {("highest", "ieee", "ieee")}, precisions.seen
     for key, value in expected.items():
         assert torch.equal(summary[key], value), key
     assert _matmul_settings() == before
+    if backend.startswith("legacy high"):  # the legacy setting came back too: readable again once they agree
+        torch.backends.mkldnn.matmul.fp32_precision = "tf32"
+        assert torch.get_float32_matmul_precision() == "high"
     if backend == "generic":  # the children were left inheriting: they follow the parent back
         torch.backends.fp32_precision = "none"
         assert _matmul_settings() == {"generic": "none", "cuda.matmul": "none", "mkldnn.matmul": "none"}
