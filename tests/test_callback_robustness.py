@@ -381,3 +381,31 @@ def test_a_fit_that_measured_says_nothing_of_it(tmp_path):
         warnings.filterwarnings("error", message=".*measured nothing.*")
         _trainer(tmp_path, [monitor], max_epochs=1).fit(ImageClassifier())
     assert len(monitor.history) == 1
+
+
+class DeadFirstLayer(ImageClassifier):
+    """The first ReLU outputs 0 for every input (its convolution's bias far below its reach)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.net.features[0].weight.zero_()
+            self.net.features[0].bias.fill_(-1.0)
+        self.net.features[1] = nn.Identity()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_a_dead_layer_is_named_as_such_not_as_too_few_inputs(tmp_path):
+    monitor = InvarianceMonitor(GROUP, layers=["net.features.2", "output"], max_samples=32, print_summary=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(tmp_path, [monitor]).fit(DeadFirstLayer())
+    messages = [str(warning.message) for warning in caught]
+    for layer in ("net.features.2", "output"):  # every layer after it is the same for every input too
+        assert len([m for m in messages if f"layer {layer!r}" in m and "same representation" in m]) == 1, messages
+        values = monitor.history[-1]["values"]
+        assert math.isnan(values[f"invariance/{layer}/geed_normalized"])
+        assert values[f"invariance/{layer}/geed"] == 0.0
+    assert not [m for m in messages if "too few measured inputs" in m], messages

@@ -425,3 +425,22 @@ def test_valid_masks_of_cyclic_rotations():
     corner = c8.valid_mask(1, (9, 9))
     assert corner[0, 0] == 0 and corner[4, 4] == 1
     assert CyclicRotation(4).valid_mask(1, (5, 5)) is None
+
+
+@pytest.mark.parametrize(
+    ("features", "definition", "expected", "message"),
+    [
+        (torch.zeros(4, 10, 5), "tmeasures", 1.0, "every one of its 5 units is dead.*'tmeasures' counts 0/0 as 1"),
+        (torch.zeros(4, 10, 2, 3, 3), "channel_variance", math.nan, "every one of its 2 units is dead.*leaves such"),
+        (torch.arange(4.0).view(4, 1, 1).expand(4, 10, 5).contiguous(), "tmeasures", math.inf, "is inf: some unit"),
+    ],
+    ids=["dead_tmeasures", "dead_channels", "same_for_every_input"],
+)
+def test_normalized_variance_says_when_its_value_measures_no_invariance(features, definition, expected, message):
+    """A dead layer gave 1.0 (tmeasures' 0/0 = 1) or NaN, and a layer constant across inputs inf, without a word."""
+    metric = NormalizedVariance(definition=definition)
+    metric.update(features)
+    with pytest.warns(RuntimeWarning, match=message):
+        value = metric.compute().item()
+    assert value == expected or (math.isnan(expected) and math.isnan(value))
+    assert metric.compute_summary()["dead_units"].item() == (0 if math.isinf(expected) else features[0, 0].shape[0])

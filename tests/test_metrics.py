@@ -196,3 +196,25 @@ def test_a_group_with_a_transformation_does_not_warn():
         warnings.filterwarnings("error", message=".*only the identity.*")
         InvarianceDeviation(2)
         EquivarianceDeviation(SpatialAction(CyclicRotation(4)))
+
+
+@pytest.mark.parametrize(
+    ("features", "expected"),
+    [
+        (torch.zeros(4, 10, 5), "nan"),  # a dead layer: nothing moves, nothing differs: 0/0
+        (torch.arange(4.0).view(4, 1, 1).expand(4, 10, 5), "inf"),  # moves with g, the same for every input
+    ],
+    ids=["dead", "same_for_every_input"],
+)
+def test_a_layer_without_differences_between_inputs_says_why_its_normalised_score_is_not_a_number(features, expected):
+    """The mean distance between different inputs is 0: the normalised G-EED is 0/0 or x/0. It came back as NaN or
+    inf without a word (the NaN warning covered only too few samples)."""
+    from lightning_invariance.functional import invariance_deviation
+
+    with pytest.warns(RuntimeWarning, match="every pair of different inputs has the same representation"):
+        value = invariance_deviation(features, normalize=True)
+    assert str(value.item()) == expected
+    metric = InvarianceDeviation(4, normalize=True)
+    metric.update(features)
+    with pytest.warns(RuntimeWarning, match="every pair of different inputs has the same representation"):
+        assert str(metric.compute().item()) == expected

@@ -52,6 +52,8 @@ class Measurement:
     non_finite: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: names whose value is NaN for lack of data (not because of non-finite features)
     nan_names: list[str] = field(default_factory=list)
+    #: layer -> dataloader index where every measured input had the same representation (normaliser 0)
+    same_representation: dict[str, int] = field(default_factory=dict)
 
     def add(self, name: str, value: float, label: str, layer: str, score: str) -> None:
         self.values[name], self.keys[name] = value, [label, layer, score]
@@ -113,8 +115,15 @@ def read_scores(
                     parts = names or [f"class_{c}" for c in range(result[kind[score]].numel())]
                     for part, value in zip(parts, result[kind[score]].tolist(), strict=True):
                         out.add(naming.name(layer, f"{score}/{part}", label), value, label, layer, f"{score}/{part}")
+            same = float(scale) == 0  # normalised scores 0/0 or x/0, for that reason, not for lack of data
+            if same:
+                out.same_representation.setdefault(layer, index)
             if not non_finite:
-                out.nan_names += [name for name in list(out.values)[before:] if out.values[name] != out.values[name]]
+                out.nan_names += [
+                    name
+                    for name in list(out.values)[before:]
+                    if out.values[name] != out.values[name] and not (same and "normalized" in out.keys[name][2])
+                ]
             if "sample_deviations" in result:
                 normalized = bool(torch.isfinite(scale)) and float(scale) > 0
                 series = "sample_deviations_normalized" if normalized else "sample_deviations"

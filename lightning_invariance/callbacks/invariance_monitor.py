@@ -49,6 +49,7 @@ from lightning_invariance.callbacks._tensorboard import (
     write_layout,
 )
 from lightning_invariance.callbacks.figures import has_matplotlib
+from lightning_invariance.functional.deviation import same_representation_reason
 from lightning_invariance.functional.distances import DISTANCES, REFERENCES
 from lightning_invariance.groups.actions import RepresentationAction
 from lightning_invariance.groups.base import Group
@@ -513,6 +514,14 @@ class InvarianceMonitor(Callback):
                     f"InvarianceMonitor: layer {layer!r} produced NaN or infinite values for {count} measured "
                     f"input(s) of dataloader {index}; non_finite={self.non_finite!r} {what} (shown once per layer)."
                 )
+        for layer, index in measurement.same_representation.items():
+            if f"same representation: {layer}" not in self._warned:
+                rank_zero_warn(
+                    f"InvarianceMonitor: layer {layer!r}, dataloader {index}: {same_representation_reason()} (shown "
+                    "once per layer).",
+                    category=RuntimeWarning,
+                )
+                self._warned.add(f"same representation: {layer}")
         for name in measurement.nan_names:
             if name not in self._warned:
                 reason = "too few measured inputs"

@@ -30,6 +30,7 @@ __all__ = [
     "equivariance_deviation",
     "finite_samples",
     "invariance_deviation",
+    "same_representation_reason",
     "screen_non_finite",
 ]
 
@@ -255,7 +256,20 @@ def _deviation_compute(
             stacklevel=3,
         )
         return torch.tensor(float("nan"), dtype=torch.float64, device=element_sum.device)
-    return geed / (pair_sum / pair_count)
+    pair_mean = pair_sum / pair_count
+    if float(pair_mean) == 0:
+        value = float(geed / pair_mean)
+        warnings.warn(f"The normalised G-EED is {value}: {same_representation_reason()}.", RuntimeWarning, stacklevel=3)
+    return geed / pair_mean
+
+
+def same_representation_reason() -> str:
+    """Why a normalised score is NaN or inf where the mean distance between different inputs is 0."""
+    return (
+        "every pair of different inputs has the same representation (their mean distance, the normaliser, is 0: a "
+        "dead or constant layer), so no normalised score measures invariance: the normalised G-EED is NaN (0/0) "
+        "where the transformations move nothing and inf where they do"
+    )
 
 
 def _standard_error(element_sum: Tensor, sample_sq_sum: Tensor, num_samples: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ from lightning_invariance.functional.deviation import (
     _deviation_update,
     _standard_error,
     check_window,
+    same_representation_reason,
 )
 from lightning_invariance.functional.distances import DISTANCES, REFERENCES, check_choice
 from lightning_invariance.groups.actions import RepresentationAction
@@ -173,6 +174,9 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
             )
         per_element = self.element_sum / n if not empty else self.element_sum * float("nan")
         geed = per_element.mean()
+        if warn and self.normalize and not empty and float(pair_mean) == 0:
+            value = float(geed / pair_mean)
+            warn_nan(f"The normalised {type(self).__name__} is {value}: {same_representation_reason()}.")
         extra: dict[str, Tensor] = {}
         if self.num_classes is not None:
             per_class = self.class_sum / self.class_count  # 0/0 = NaN for a class never seen

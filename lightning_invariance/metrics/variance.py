@@ -126,4 +126,21 @@ class NormalizedVariance(SummaryMetric):
         summary = _variance_compute(folded[0], self.num_samples, folded[1], self.definition)
         if refused:  # every statistic would mix in NaN/inf: none is a number (the counts stay)
             summary = nan_except(summary, ("num_units",))
+        elif warn:
+            self._warn_degenerate(summary)
         return summary | counts
+
+    def _warn_degenerate(self, summary: dict[str, Tensor]) -> None:
+        """Say why the value is no measure of invariance where every unit is dead, or inf where some unit is."""
+        value, dead = float(summary["normalized_variance"]), int(summary["dead_units"])
+        if dead == int(summary["num_units"]):
+            convention = "counts 0/0 as 1" if self.definition == "tmeasures" else "leaves such units out"
+            warn_nan(
+                f"NormalizedVariance is {value}: every one of its {dead} units is dead (its transformation and sample "
+                f"variances are both 0: a dead or constant layer), and {self.definition!r} {convention}."
+            )
+        elif value == float("inf"):
+            warn_nan(
+                "NormalizedVariance is inf: some unit varies under the transformations but not across inputs (sample "
+                "variance 0, x/0 = inf as in tmeasures)."
+            )
