@@ -115,15 +115,10 @@ def read_scores(
                     parts = names or [f"class_{c}" for c in range(result[kind[score]].numel())]
                     for part, value in zip(parts, result[kind[score]].tolist(), strict=True):
                         out.add(naming.name(layer, f"{score}/{part}", label), value, label, layer, f"{score}/{part}")
-            same = float(scale) == 0  # normalised scores 0/0 or x/0, for that reason, not for lack of data
-            if same:
+            if float(scale) == 0:  # its NaN scores (0/0) have this reason, not a lack of data: pairs were formed
                 out.same_representation.setdefault(layer, index)
-            if not non_finite:
-                out.nan_names += [
-                    name
-                    for name in list(out.values)[before:]
-                    if out.values[name] != out.values[name] and not (same and "normalized" in out.keys[name][2])
-                ]
+            elif not non_finite:
+                out.nan_names += [name for name in list(out.values)[before:] if out.values[name] != out.values[name]]
             if "sample_deviations" in result:
                 normalized = bool(torch.isfinite(scale)) and float(scale) > 0
                 series = "sample_deviations_normalized" if normalized else "sample_deviations"

@@ -267,8 +267,9 @@ def same_representation_reason() -> str:
     """Why a normalised score is NaN or inf where the mean distance between different inputs is 0."""
     return (
         "every pair of different inputs has the same representation (their mean distance, the normaliser, is 0: a "
-        "dead or constant layer), so no normalised score measures invariance: the normalised G-EED is NaN (0/0) "
-        "where the transformations move nothing and inf where they do"
+        "dead or constant layer), so no score relative to the differences between inputs (or, for a dead layer, to "
+        "the representation's size) measures invariance: the normalised G-EED is NaN (0/0) where the "
+        "transformations move nothing and inf where they do"
     )
 
 
