@@ -50,7 +50,7 @@ class Measurement:
     deviations: dict[str, list[float]] = field(default_factory=dict)
     #: layer -> (dataloader index, inputs with NaN/inf features)
     non_finite: dict[str, tuple[int, int]] = field(default_factory=dict)
-    #: names whose value is NaN for lack of data (not because of non-finite features)
+    #: names whose value is NaN, not because of non-finite features: for lack of data, or equal representations
     nan_names: list[str] = field(default_factory=list)
     #: layer -> dataloader index where every measured input had the same representation (normaliser 0)
     same_representation: dict[str, int] = field(default_factory=dict)
@@ -117,7 +117,7 @@ def read_scores(
                         out.add(naming.name(layer, f"{score}/{part}", label), value, label, layer, f"{score}/{part}")
             if float(scale) == 0:  # its NaN scores (0/0) have this reason, not a lack of data: pairs were formed
                 out.same_representation.setdefault(layer, index)
-            elif not non_finite:
+            if not non_finite:
                 out.nan_names += [name for name in list(out.values)[before:] if out.values[name] != out.values[name]]
             if "sample_deviations" in result:
                 normalized = bool(torch.isfinite(scale)) and float(scale) > 0

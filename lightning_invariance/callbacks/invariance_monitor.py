@@ -527,6 +527,8 @@ class InvarianceMonitor(Callback):
                 reason = "too few measured inputs"
                 if "/consistency_kappa" in name:
                     reason = "every input got the same predicted label, so its consistency is chance, not invariance"
+                elif measurement.keys[name][1] in measurement.same_representation:
+                    continue  # said above, once for the layer
                 rank_zero_warn(f"InvarianceMonitor: {name} is NaN ({reason}).", category=RuntimeWarning)
         self._warned |= set(measurement.non_finite) | set(measurement.nan_names)
         return measurement
