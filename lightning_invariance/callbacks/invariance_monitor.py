@@ -49,7 +49,7 @@ from lightning_invariance.callbacks._tensorboard import (
     write_layout,
 )
 from lightning_invariance.callbacks.figures import has_matplotlib
-from lightning_invariance.functional.deviation import same_representation_reason
+from lightning_invariance.functional.deviation import SAME_REPRESENTATION
 from lightning_invariance.functional.distances import DISTANCES, REFERENCES
 from lightning_invariance.groups.actions import RepresentationAction
 from lightning_invariance.groups.base import Group
@@ -517,7 +517,7 @@ class InvarianceMonitor(Callback):
         for layer, index in measurement.same_representation.items():
             if f"same representation: {layer}" not in self._warned:
                 rank_zero_warn(
-                    f"InvarianceMonitor: layer {layer!r}, dataloader {index}: {same_representation_reason()} (shown "
+                    f"InvarianceMonitor: layer {layer!r}, dataloader {index}: {SAME_REPRESENTATION} (shown "
                     "once per layer).",
                     category=RuntimeWarning,
                 )

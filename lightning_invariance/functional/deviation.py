@@ -27,14 +27,21 @@ from lightning_invariance.groups.actions import RepresentationAction
 __all__ = [
     "DEFAULT_NORMALIZER_WINDOW",
     "NAN_STRATEGIES",
+    "SAME_REPRESENTATION",
     "equivariance_deviation",
     "finite_samples",
     "invariance_deviation",
-    "same_representation_reason",
     "screen_non_finite",
 ]
 
 NAN_STRATEGIES = ("error", "skip")
+#: Why a normalised score is NaN or inf where the mean distance between different inputs is 0.
+SAME_REPRESENTATION = (
+    "every pair of different inputs has the same representation (their mean distance, the normaliser, is 0: a dead "
+    "or constant layer), so no score relative to the differences between inputs (or, for a dead layer, to the "
+    "representation's size) measures invariance: the normalised G-EED is NaN (0/0) where the transformations move "
+    "nothing and inf where they do"
+)
 
 
 class DeviationBatch(NamedTuple):
@@ -259,18 +266,8 @@ def _deviation_compute(
     pair_mean = pair_sum / pair_count
     if float(pair_mean) == 0:
         value = float(geed / pair_mean)
-        warnings.warn(f"The normalised G-EED is {value}: {same_representation_reason()}.", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"The normalised G-EED is {value}: {SAME_REPRESENTATION}.", RuntimeWarning, stacklevel=3)
     return geed / pair_mean
-
-
-def same_representation_reason() -> str:
-    """Why a normalised score is NaN or inf where the mean distance between different inputs is 0."""
-    return (
-        "every pair of different inputs has the same representation (their mean distance, the normaliser, is 0: a "
-        "dead or constant layer), so no score relative to the differences between inputs (or, for a dead layer, to "
-        "the representation's size) measures invariance: the normalised G-EED is NaN (0/0) where the "
-        "transformations move nothing and inf where they do"
-    )
 
 
 def _standard_error(element_sum: Tensor, sample_sq_sum: Tensor, num_samples: Tensor) -> Tensor:

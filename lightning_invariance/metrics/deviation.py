@@ -10,10 +10,10 @@ from torch import Tensor
 from lightning_invariance.functional.deviation import (
     DEFAULT_NORMALIZER_WINDOW,
     NAN_STRATEGIES,
+    SAME_REPRESENTATION,
     _deviation_update,
     _standard_error,
     check_window,
-    same_representation_reason,
 )
 from lightning_invariance.functional.distances import DISTANCES, REFERENCES, check_choice
 from lightning_invariance.groups.actions import RepresentationAction
@@ -176,7 +176,7 @@ class _DeviationMetric(SummaryMetric, WindowNormalizer):
         geed = per_element.mean()
         if warn and self.normalize and not empty and float(pair_mean) == 0:
             value = float(geed / pair_mean)
-            warn_nan(f"The normalised {type(self).__name__} is {value}: {same_representation_reason()}.")
+            warn_nan(f"The normalised {type(self).__name__} is {value}: {SAME_REPRESENTATION}.")
         extra: dict[str, Tensor] = {}
         if self.num_classes is not None:
             per_class = self.class_sum / self.class_count  # 0/0 = NaN for a class never seen
